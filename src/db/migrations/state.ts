@@ -1,0 +1,318 @@
+import type { Migration } from './types.js';
+
+/**
+ * Postgres state: the source of truth for orchestration. Column names and uniqueness rules
+ * follow the data model documents (state_schema.md, orchestration.md, data_versioning.md).
+ */
+export const stateMigrations: Migration[] = [
+  {
+    version: 1,
+    name: 'identity, dags, jobs, registry, tasks, outbox, queue',
+    sql: `
+CREATE TABLE orgs (
+  id uuid PRIMARY KEY,
+  name text NOT NULL,
+  slug text NOT NULL UNIQUE,
+  settings jsonb NOT NULL DEFAULT '{}',
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE users (
+  id uuid PRIMARY KEY,
+  org_id uuid NOT NULL REFERENCES orgs(id),
+  external_id text NOT NULL UNIQUE,
+  email text,
+  role text NOT NULL DEFAULT 'member',
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE org_roles (
+  id uuid PRIMARY KEY,
+  org_id uuid NOT NULL REFERENCES orgs(id),
+  slug text NOT NULL,
+  name text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (org_id, slug)
+);
+
+CREATE TABLE org_role_memberships (
+  role_id uuid NOT NULL REFERENCES org_roles(id),
+  user_id uuid NOT NULL REFERENCES users(id),
+  created_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (role_id, user_id)
+);
+CREATE INDEX org_role_memberships_user ON org_role_memberships (user_id);
+
+CREATE TABLE dag_versions (
+  id uuid PRIMARY KEY,
+  org_id uuid NOT NULL REFERENCES orgs(id),
+  dag_name text NOT NULL,
+  yaml_hash text NOT NULL,
+  yaml text NOT NULL,
+  spec jsonb NOT NULL,
+  created_by uuid,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (org_id, dag_name, yaml_hash)
+);
+
+CREATE TABLE dag_current_versions (
+  org_id uuid NOT NULL REFERENCES orgs(id),
+  dag_name text NOT NULL,
+  dag_version_id uuid NOT NULL REFERENCES dag_versions(id),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (org_id, dag_name)
+);
+
+CREATE TABLE jobs (
+  id uuid PRIMARY KEY,
+  org_id uuid NOT NULL REFERENCES orgs(id),
+  name text NOT NULL,
+  dag_name text NOT NULL,
+  dag_version_id uuid NOT NULL REFERENCES dag_versions(id),
+  activation text NOT NULL CHECK (activation IN ('source', 'reactive')),
+  runtime text NOT NULL,
+  operator text NOT NULL,
+  source jsonb,
+  bootstrap jsonb,
+  execution_strategy text,
+  idle_timeout text,
+  config jsonb NOT NULL DEFAULT '{}',
+  config_hash text NOT NULL,
+  lineage_hash text NOT NULL,
+  inputs jsonb NOT NULL DEFAULT '[]',
+  input_datasets text[] NOT NULL DEFAULT '{}',
+  output_datasets text[] NOT NULL DEFAULT '{}',
+  update_strategy text,
+  unique_key text[],
+  scaling jsonb,
+  udf jsonb,
+  secrets text[],
+  timeout_seconds int NOT NULL,
+  heartbeat_timeout_seconds int NOT NULL,
+  max_attempts int NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (dag_version_id, name)
+);
+CREATE INDEX jobs_input_datasets ON jobs USING gin (input_datasets);
+
+CREATE TABLE datasets (
+  id uuid PRIMARY KEY,
+  org_id uuid NOT NULL REFERENCES orgs(id),
+  name text,
+  kind text NOT NULL DEFAULT 'job_output' CHECK (kind IN ('job_output', 'buffered', 'external')),
+  producer_dag_name text,
+  producer_job_name text,
+  producer_output_index int,
+  storage jsonb NOT NULL DEFAULT '{}',
+  read_roles text[] NOT NULL DEFAULT '{}',
+  current_version uuid,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (org_id, name),
+  UNIQUE (org_id, producer_dag_name, producer_job_name, producer_output_index)
+);
+
+CREATE TABLE dataset_versions (
+  id uuid PRIMARY KEY,
+  dataset_uuid uuid NOT NULL REFERENCES datasets(id),
+  created_at timestamptz NOT NULL DEFAULT now(),
+  storage_location text,
+  storage_ref jsonb,
+  config_hash text,
+  schema_hash text,
+  range_start bigint,
+  range_end bigint,
+  UNIQUE NULLS NOT DISTINCT (dataset_uuid, config_hash, range_start, range_end)
+);
+
+CREATE TABLE dag_version_datasets (
+  dag_version_id uuid NOT NULL REFERENCES dag_versions(id),
+  dataset_uuid uuid NOT NULL REFERENCES datasets(id),
+  dataset_version uuid NOT NULL REFERENCES dataset_versions(id),
+  PRIMARY KEY (dag_version_id, dataset_uuid)
+);
+
+CREATE TABLE tasks (
+  id uuid PRIMARY KEY,
+  org_id uuid NOT NULL REFERENCES orgs(id),
+  job_id uuid NOT NULL REFERENCES jobs(id),
+  dedupe_key text,
+  status text NOT NULL CHECK (status IN ('Queued', 'Running', 'Completed', 'Failed', 'Canceled')),
+  attempt int NOT NULL DEFAULT 1,
+  max_attempts int NOT NULL,
+  timeout_seconds int NOT NULL,
+  partitions text[],
+  input_versions jsonb,
+  inputs jsonb NOT NULL DEFAULT '[]',
+  worker_id text,
+  lease_token uuid,
+  lease_expires_at timestamptz,
+  last_heartbeat timestamptz,
+  started_at timestamptz,
+  completed_at timestamptz,
+  next_retry_at timestamptz,
+  error_message text,
+  outputs jsonb,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (job_id, dedupe_key)
+);
+CREATE INDEX tasks_job_status ON tasks (job_id, status);
+CREATE INDEX tasks_retry_due ON tasks (next_retry_at) WHERE status = 'Failed' AND next_retry_at IS NOT NULL;
+CREATE INDEX tasks_lease_expiry ON tasks (lease_expires_at) WHERE status = 'Running';
+CREATE INDEX tasks_queued ON tasks (job_id, created_at) WHERE status = 'Queued';
+
+-- One row per attempt: the history behind trace tasks.
+CREATE TABLE task_attempts (
+  task_id uuid NOT NULL REFERENCES tasks(id),
+  attempt int NOT NULL,
+  worker_id text,
+  lease_token uuid,
+  status text NOT NULL,
+  started_at timestamptz NOT NULL DEFAULT now(),
+  finished_at timestamptz,
+  error_message text,
+  PRIMARY KEY (task_id, attempt)
+);
+
+CREATE TABLE task_inputs (
+  task_id uuid NOT NULL REFERENCES tasks(id),
+  input_dataset_uuid uuid NOT NULL,
+  input_partition_key text NOT NULL DEFAULT '',
+  input_version timestamptz NOT NULL DEFAULT now(),
+  input_dataset_version uuid,
+  PRIMARY KEY (task_id, input_dataset_uuid, input_partition_key)
+);
+
+-- Every event accepted from a task, deduplicated per producing task: the routing audit trail.
+CREATE TABLE task_events (
+  id bigserial PRIMARY KEY,
+  task_id uuid NOT NULL REFERENCES tasks(id),
+  attempt int NOT NULL,
+  event_key text NOT NULL,
+  event jsonb NOT NULL,
+  routed boolean NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (task_id, event_key)
+);
+
+CREATE TABLE buffer_publishes (
+  id uuid PRIMARY KEY,
+  org_id uuid NOT NULL,
+  task_id uuid NOT NULL REFERENCES tasks(id),
+  attempt int NOT NULL,
+  job_id uuid NOT NULL,
+  batch_uri text NOT NULL,
+  content_type text NOT NULL,
+  batch_size_bytes bigint NOT NULL,
+  dedupe_scope text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (task_id, attempt, batch_uri)
+);
+
+CREATE TABLE outbox (
+  id bigserial PRIMARY KEY,
+  kind text NOT NULL,
+  payload jsonb NOT NULL,
+  status text NOT NULL DEFAULT 'Pending' CHECK (status IN ('Pending', 'Done', 'Failed')),
+  available_at timestamptz NOT NULL DEFAULT now(),
+  attempts int NOT NULL DEFAULT 0,
+  last_error text,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  processed_at timestamptz
+);
+CREATE INDEX outbox_pending ON outbox (available_at, id) WHERE status = 'Pending';
+
+CREATE TABLE operator_state (
+  org_id uuid NOT NULL,
+  job_id uuid NOT NULL REFERENCES jobs(id),
+  state_key text NOT NULL,
+  state jsonb NOT NULL,
+  version bigint NOT NULL DEFAULT 1,
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (org_id, job_id, state_key)
+);
+
+CREATE TABLE partition_versions (
+  dataset_uuid uuid NOT NULL,
+  dataset_version uuid NOT NULL,
+  partition_key text NOT NULL,
+  materialized_at timestamptz NOT NULL DEFAULT now(),
+  config_hash text,
+  schema_hash text,
+  location text,
+  row_count bigint,
+  bytes bigint,
+  PRIMARY KEY (dataset_uuid, dataset_version, partition_key)
+);
+
+CREATE TABLE dataset_cursors (
+  dataset_uuid uuid NOT NULL,
+  dataset_version uuid NOT NULL,
+  job_id uuid NOT NULL,
+  cursor_column text,
+  cursor_value text,
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (dataset_uuid, dataset_version, job_id)
+);
+
+CREATE TABLE data_invalidations (
+  id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  dataset_uuid uuid NOT NULL,
+  dataset_version uuid NOT NULL,
+  scope text NOT NULL CHECK (scope IN ('partition', 'row_range')),
+  partition_key text,
+  row_filter jsonb,
+  reason text NOT NULL,
+  source_event jsonb,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  processed_by uuid[] NOT NULL DEFAULT '{}',
+  processed_at timestamptz
+);
+CREATE INDEX data_invalidations_open ON data_invalidations (dataset_uuid, dataset_version) WHERE processed_at IS NULL;
+
+CREATE TABLE column_lineage (
+  output_dataset_uuid uuid NOT NULL,
+  output_column text NOT NULL,
+  input_dataset_uuid uuid NOT NULL,
+  input_column text NOT NULL,
+  job_id uuid,
+  PRIMARY KEY (output_dataset_uuid, output_column, input_dataset_uuid, input_column)
+);
+
+-- Cron sources: one row per active cron job, the next tick to fire.
+CREATE TABLE source_schedules (
+  job_id uuid PRIMARY KEY REFERENCES jobs(id),
+  org_id uuid NOT NULL,
+  schedule text NOT NULL,
+  next_fire_at timestamptz NOT NULL,
+  last_fired_at timestamptz,
+  enabled boolean NOT NULL DEFAULT true
+);
+
+-- pgqueue: the Postgres-backed wake-up queue (SQS semantics: visibility timeout, receive count, DLQ).
+CREATE TABLE queue_messages (
+  id bigserial PRIMARY KEY,
+  queue text NOT NULL,
+  body jsonb NOT NULL,
+  visible_at timestamptz NOT NULL DEFAULT now(),
+  receive_count int NOT NULL DEFAULT 0,
+  receipt uuid,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX queue_messages_ready ON queue_messages (queue, visible_at, id);
+
+CREATE TABLE queue_dead_letters (
+  id bigint PRIMARY KEY,
+  queue text NOT NULL,
+  body jsonb NOT NULL,
+  receive_count int NOT NULL,
+  created_at timestamptz NOT NULL,
+  dead_at timestamptz NOT NULL DEFAULT now(),
+  last_error text
+);
+CREATE INDEX queue_dead_letters_queue ON queue_dead_letters (queue, dead_at);
+`,
+  },
+];

@@ -1,0 +1,6 @@
+export interface Migration {
+  /** Monotonic version; never renumber or edit an applied migration, add a new one. */
+  version: number;
+  name: string;
+  sql: string;
+}
