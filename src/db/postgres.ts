@@ -66,14 +66,24 @@ export class PostgresDb implements Db {
     this.listenerReady ??= (async () => {
       const c = new pg.Client({ connectionString: this.url, application_name: 'trace-listen' });
       c.on('error', () => {
-        // Connection lost: drop it; the next listen() reconnects. Wake-ups are best effort.
+        // Connection lost: drop it and reconnect shortly, re-subscribing every channel.
+        // Notifications are wake-ups only; callers poll as a fallback, so a gap is harmless.
         if (this.listener === c) this.listener = undefined;
         this.listenerReady = undefined;
+        if (!this.closed) setTimeout(() => { void this.listenerClient().catch(() => undefined); }, 1000).unref();
       });
       c.on('notification', (n) => {
         for (const h of this.handlers.get(n.channel) ?? []) h(n.payload ?? '');
       });
-      await c.connect();
+      try {
+        await c.connect();
+        for (const channel of this.handlers.keys()) await c.query(`LISTEN ${channel}`);
+      } catch (e) {
+        this.listenerReady = undefined;
+        await c.end().catch(() => undefined);
+        if (!this.closed && this.handlers.size > 0) setTimeout(() => { void this.listenerClient().catch(() => undefined); }, 1000).unref();
+        throw e;
+      }
       this.listener = c;
       return c;
     })();
