@@ -1,0 +1,47 @@
+export {
+  isForbiddenAddress,
+  isLoopbackAddress,
+  canonicalAddress,
+  parseIpv6,
+  parseIpv4Strict,
+  parseIpv4Readings,
+  IPV4_RULES,
+  IPV6_RULES,
+  type AddressVerdict,
+  type AddressRule,
+  type ForbiddenCategory,
+} from './address-policy.js';
+export {
+  checkWebhookUrl,
+  webhookUrlProblem,
+  describeWebhookTarget,
+  allowHttpLoopbackFromEnv,
+  ALLOW_HTTP_LOOPBACK_ENV,
+  WEBHOOK_URL_REFUSED,
+  MAX_WEBHOOK_URL_LENGTH,
+  type WebhookUrlOptions,
+  type CheckedWebhookUrl,
+} from './url-policy.js';
+export {
+  checkWebhookHeaders,
+  WEBHOOK_HEADERS_REFUSED,
+  MAX_WEBHOOK_HEADERS,
+  MAX_WEBHOOK_HEADER_BYTES,
+} from './headers.js';
+export {
+  sendWebhook,
+  httpTransport,
+  defaultLookup,
+  blockListFromCidrs,
+  DEFAULT_TIMEOUT_MS,
+  DEFAULT_CONNECT_TIMEOUT_MS,
+  DEFAULT_MAX_RESPONSE_BYTES,
+  DEFAULT_MAX_REQUEST_BYTES,
+  type SendWebhookInput,
+  type SendWebhookResult,
+  type SendOutcome,
+  type HostLookup,
+  type PinnedRequest,
+  type PinnedTransport,
+  type TransportResult,
+} from './send.js';
