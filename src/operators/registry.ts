@@ -1,0 +1,40 @@
+/**
+ * The operators this build of Trace can run, and their catalog metadata for DAG validation.
+ *
+ * Hidden test operators (`test_*`) are registered only on request (tests, benchmarks); a DAG
+ * naming them is rejected by production validation because they are not in its catalog.
+ * `cryo_ingest` lives in its own module and is added here by whoever wires it in.
+ */
+import type { Operator, OperatorCatalog, OperatorInfo } from './types.js';
+import { cursorEmitter } from './cursor_emitter/index.js';
+import { rangeAggregator } from './range_aggregator/index.js';
+import { rangeSplitter } from './range_splitter/index.js';
+import { noop } from './noop/index.js';
+import { testSleep } from './test_sleep/index.js';
+import { testFail } from './test_fail/index.js';
+import { testFlaky } from './test_flaky/index.js';
+import { testEmit } from './test_emit/index.js';
+
+export interface RegistryOptions {
+  includeTestOperators?: boolean;
+}
+
+const PUBLIC_OPERATORS: readonly Operator[] = [cursorEmitter, rangeAggregator, rangeSplitter, noop];
+const TEST_OPERATORS: readonly Operator[] = [testSleep, testFail, testFlaky, testEmit];
+
+export function operatorRegistry(opts: RegistryOptions = {}): Map<string, Operator> {
+  const ops = opts.includeTestOperators ? [...PUBLIC_OPERATORS, ...TEST_OPERATORS] : PUBLIC_OPERATORS;
+  const map = new Map<string, Operator>();
+  for (const op of ops) {
+    if (map.has(op.info.name)) throw new Error(`operator ${op.info.name} registered twice`);
+    map.set(op.info.name, op);
+  }
+  return map;
+}
+
+/** The metadata only (no code), for DAG validation. */
+export function operatorCatalog(opts: RegistryOptions = {}): OperatorCatalog {
+  const map = new Map<string, OperatorInfo>();
+  for (const [name, op] of operatorRegistry(opts)) map.set(name, op.info);
+  return map;
+}

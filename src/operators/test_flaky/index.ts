@@ -1,0 +1,31 @@
+/**
+ * test_flaky (hidden, tests only): fails while the attempt number is <= `config.fail_attempts`,
+ * then succeeds (emitting `config.events` verbatim, if given).
+ */
+import { z } from 'zod';
+import { configProblems, parseConfig } from '../config.js';
+import type { Operator, OperatorEvent } from '../types.js';
+
+const configSchema = z.strictObject({
+  fail_attempts: z.number().int().min(0),
+  message: z.string().optional(),
+  events: z.array(z.record(z.string(), z.unknown())).optional(),
+});
+
+export const testFlaky: Operator = {
+  info: {
+    name: 'test_flaky',
+    runtimes: ['ecs_platform', 'dispatcher', 'lambda'],
+    udf: 'forbidden',
+    activations: ['source', 'reactive'],
+    hidden: true,
+    validateConfig: (config) => configProblems(configSchema, config),
+  },
+  async run(ctx) {
+    const cfg = parseConfig('test_flaky', configSchema, ctx.task.config);
+    if (ctx.task.attempt <= cfg.fail_attempts) {
+      throw new Error(cfg.message ?? `test_flaky fails attempt ${ctx.task.attempt} of the first ${cfg.fail_attempts}`);
+    }
+    return cfg.events ? { events: cfg.events as unknown as OperatorEvent[] } : {};
+  },
+};

@@ -1,0 +1,96 @@
+/**
+ * Wire shapes shared by the Dispatcher and the worker wrapper (the Dispatcher imports them from
+ * here). They follow the Dispatcher <-> worker contract: `/internal/task-claim`,
+ * `/internal/task-fetch` and the task-scoped `/v1/task/*` routes.
+ */
+
+/** The full description of one task attempt, as returned by claim and fetch. */
+export interface TaskPayload {
+  task_id: string;
+  attempt: number;
+  org_id: string;
+  job: { id: string; dag_name: string; name: string };
+  operator: string;
+  runtime: 'ecs_platform' | 'lambda' | 'dispatcher';
+  config: Record<string, unknown>;
+  timeout_seconds: number;
+  heartbeat_timeout_seconds: number;
+  // What triggered the task: an upstream event, a manual trigger, or a cron tick.
+  trigger: { kind: 'event' | 'manual' | 'cron'; cursor?: number | string; start?: number; end?: number; partition_key?: string; fired_at?: string };
+  // The input events (event-triggered tasks), with the edge's where-filter.
+  inputs: Array<{ dataset_uuid: string; dataset_version: string; cursor?: number | string; partition_key?: string; start?: number; end?: number; where?: Record<string, unknown> }>;
+  // Where this job's outputs go: emit events for output_index i on outputs[i].
+  outputs: Array<{ output_index: number; dataset_uuid: string; dataset_version: string }>;
+  // Durable operator state for this job (platform-managed), with versions for CAS.
+  operator_state: Array<{ state_key: string; state: Record<string, unknown>; version: number }>;
+  udf?: { bundle_id: string; entrypoint: string };
+}
+
+export type TaskInput = TaskPayload['inputs'][number];
+export type TaskTrigger = TaskPayload['trigger'];
+
+/** An upstream event as sent on the wire (`/v1/task/events`, `/v1/task/complete`). `[start, end)`. */
+export type TaskEvent =
+  | { dataset_uuid: string; dataset_version: string; cursor: number | string }
+  | { dataset_uuid: string; dataset_version: string; partition_key: string; start: number; end: number };
+
+/** One compare-and-set write of durable operator state, committed atomically with completion. */
+export interface OperatorStateWrite {
+  state_key: string;
+  /** The version the operator read; null when the key did not exist. */
+  expected_version: number | null;
+  state: Record<string, unknown>;
+}
+
+/** The fencing triple plus the per-attempt capability token every task-scoped call carries. */
+export interface TaskRef {
+  task_id: string;
+  attempt: number;
+  lease_token: string;
+  capability_token: string;
+}
+
+export type CompletionStatus = 'Completed' | 'Failed' | 'Canceled';
+
+/** Body of `/v1/task/complete` beyond the fencing triple. */
+export interface CompleteBody {
+  status: CompletionStatus;
+  events?: TaskEvent[];
+  outputs?: unknown[];
+  datasets_published?: unknown[];
+  error_message?: string | null;
+  operator_state?: OperatorStateWrite[];
+}
+
+/** Body of `/v1/task/buffer-publish` beyond the fencing triple. */
+export interface BufferPublishBody {
+  batch_uri: string;
+  content_type: string;
+  batch_size_bytes: number;
+  dedupe_scope: string;
+}
+
+export type NotClaimedReason = 'AlreadyRunning' | 'Completed' | 'Canceled' | 'NotFound' | 'Throttled' | 'NotQueued';
+
+/** A successful claim: the lease and everything needed to run the attempt. */
+export interface ClaimedTask {
+  attempt: number;
+  lease_token: string;
+  lease_expires_at: string;
+  capability_token: string;
+  task: TaskPayload;
+}
+
+export type ClaimResponse = ({ status: 'Claimed' } & ClaimedTask) | { status: 'NotClaimed'; reason: NotClaimedReason };
+
+export interface FetchResponse {
+  task_id: string;
+  status: 'Queued' | 'Running' | 'Completed' | 'Failed' | 'Canceled';
+  attempt: number;
+  task: TaskPayload;
+}
+
+/** The wake-up message on the task queue: a pointer only. */
+export interface TaskWakeUp {
+  task_id: string;
+}

@@ -1,0 +1,225 @@
+/*
+ * TRUST BOUNDARY. The worker wrapper (everything under src/worker/ and src/operators/ except
+ * the process wiring in src/worker/main.ts, and the cryo_ingest operator that writes Postgres
+ * data) must never import src/db, src/dispatcher, `pg` or `@electric-sql/pglite`: a worker holds
+ * no state-database credentials. It needs only a Queue (wake-ups), the Dispatcher URL and the
+ * worker token. test/worker/import-boundary.test.ts enforces this rule.
+ *
+ * The queue-woken worker loop: long-poll the task queue for `{task_id}` wake-ups, claim each
+ * task from the Dispatcher, run the claimed attempt (keeping the message invisible meanwhile),
+ * then ack. Workers are dumb: retries, scheduling and recovery belong to the Dispatcher, and the
+ * queue is only a wake-up (a lost or duplicated message is harmless; the lease decides).
+ */
+import { z } from 'zod';
+import type { Logger } from '../core/log.js';
+import type { Queue, ReceivedMessage } from '../queue/queue.js';
+import type { Operator } from '../operators/types.js';
+import { runClaimedTask, type RunOutcome } from './run-task.js';
+import { apiErrorOf, type WorkerTaskApi } from './task-client.js';
+
+export interface WorkerOptions {
+  queue: Queue;
+  client: WorkerTaskApi;
+  /** Recorded on the lease; default in `trace worker` is `${hostname}:${pid}`. */
+  workerId: string;
+  /** Tasks run at once (default 4). */
+  concurrency?: number;
+  registry: ReadonlyMap<string, Operator>;
+  log: Logger;
+  queueName?: string;
+  /** Visibility timeout of received messages; extended every half of it while a task runs (default 60). */
+  visibilityTimeoutSeconds?: number;
+  /** Long-poll wait per receive (default 10 s). */
+  pollWaitMs?: number;
+  /** How long stop() waits for running tasks before aborting them (default 30 s). */
+  stopGraceMs?: number;
+  /** Heartbeat interval override (tests). */
+  heartbeatMs?: number;
+}
+
+export interface WorkerHandle {
+  /**
+   * Stops receiving, waits for in-flight tasks up to the grace period, then aborts the rest
+   * (without completing them: their leases expire and the Dispatcher retries).
+   */
+  stop(opts?: { graceMs?: number }): Promise<void>;
+  /** Tasks currently being claimed or run. */
+  readonly inFlight: number;
+}
+
+const wakeUpSchema = z.looseObject({ task_id: z.uuid() });
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done() {
+      signal?.removeEventListener('abort', done);
+      clearTimeout(t);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+export function startWorker(opts: WorkerOptions): WorkerHandle {
+  const { queue, client, workerId, registry } = opts;
+  const concurrency = Math.max(1, Math.floor(opts.concurrency ?? 4));
+  const queueName = opts.queueName ?? 'tasks';
+  const visibility = Math.max(1, Math.floor(opts.visibilityTimeoutSeconds ?? 60));
+  const pollWaitMs = opts.pollWaitMs ?? 10_000;
+  const defaultGraceMs = opts.stopGraceMs ?? 30_000;
+  const log = opts.log.child({ worker_id: workerId });
+
+  const receiveAbort = new AbortController();
+  const shutdownAbort = new AbortController();
+  const inflight = new Set<Promise<void>>();
+  let slotWaiter: (() => void) | undefined;
+  let stopping = false;
+  let stopPromise: Promise<void> | undefined;
+
+  const wakeSlotWaiter = () => {
+    const w = slotWaiter;
+    slotWaiter = undefined;
+    w?.();
+  };
+
+  async function ack(m: ReceivedMessage<unknown>, log2: Logger) {
+    try {
+      await queue.ack(queueName, m.receipt);
+    } catch (e) {
+      log2.warn({ err: e instanceof Error ? e.message : String(e) }, 'queue ack failed; the wake-up will be redelivered (harmless)');
+    }
+  }
+
+  async function handle(m: ReceivedMessage<unknown>): Promise<void> {
+    const parsed = wakeUpSchema.safeParse(m.body);
+    if (!parsed.success) {
+      log.warn({ message_id: m.id }, 'dropping a malformed task wake-up (expected {task_id: uuid})');
+      await ack(m, log);
+      return;
+    }
+    const taskId = parsed.data.task_id;
+    const tlog = log.child({ task_id: taskId });
+
+    let claim;
+    try {
+      claim = await client.claim(taskId, workerId);
+    } catch (e) {
+      const err = apiErrorOf(e);
+      tlog.error({ err: e instanceof Error ? e.message : String(e) }, 'claim failed');
+      // A malformed or unknown task id will never be claimable: drop the wake-up. Anything else
+      // (Dispatcher down, bad worker token) leaves it to reappear after its visibility timeout.
+      if (err && (err.status === 400 || err.status === 404)) await ack(m, tlog);
+      return;
+    }
+    if (claim.status === 'NotClaimed') {
+      tlog.debug({ reason: claim.reason }, 'not claimed');
+      await ack(m, tlog);
+      return;
+    }
+
+    // Keep the wake-up invisible while the task runs; the lease, not the queue, is what counts.
+    const extendEveryMs = Math.max(500, (visibility * 1000) / 2);
+    const extender = setInterval(() => {
+      queue.changeVisibility(queueName, m.receipt, visibility).catch((e: unknown) => {
+        tlog.warn({ err: e instanceof Error ? e.message : String(e) }, 'could not extend message visibility');
+      });
+    }, extendEveryMs);
+    let outcome: RunOutcome;
+    try {
+      outcome = await runClaimedTask(claim, {
+        client,
+        registry,
+        log: log,
+        signal: shutdownAbort.signal,
+        ...(opts.heartbeatMs === undefined ? {} : { heartbeatMs: opts.heartbeatMs }),
+      });
+    } catch (e) {
+      tlog.error({ err: e instanceof Error ? e.message : String(e) }, 'task runner crashed');
+      outcome = 'Lost';
+    } finally {
+      clearInterval(extender);
+    }
+    tlog.debug({ outcome }, 'task run finished');
+    await ack(m, tlog);
+  }
+
+  async function loop(): Promise<void> {
+    let failures = 0;
+    while (!stopping) {
+      if (inflight.size >= concurrency) {
+        await new Promise<void>((r) => {
+          slotWaiter = r;
+        });
+        continue;
+      }
+      let msgs: Array<ReceivedMessage<unknown>>;
+      try {
+        msgs = await queue.receive<unknown>(queueName, {
+          maxMessages: concurrency - inflight.size,
+          visibilityTimeoutSeconds: visibility,
+          waitMs: pollWaitMs,
+          signal: receiveAbort.signal,
+        });
+        failures = 0;
+      } catch (e) {
+        if (stopping) break;
+        failures++;
+        log.error({ err: e instanceof Error ? e.message : String(e), failures }, 'queue receive failed; backing off');
+        await sleep(Math.min(5_000, 100 * 2 ** Math.min(failures, 6)), receiveAbort.signal);
+        continue;
+      }
+      for (const m of msgs) {
+        if (stopping) {
+          // Received during shutdown: hand it straight back instead of claiming.
+          await queue.changeVisibility(queueName, m.receipt, 0).catch(() => undefined);
+          continue;
+        }
+        const p: Promise<void> = handle(m)
+          .catch((e: unknown) => log.error({ err: e instanceof Error ? e.message : String(e) }, 'wake-up handler failed'))
+          .finally(() => {
+            inflight.delete(p);
+            wakeSlotWaiter();
+          });
+        inflight.add(p);
+      }
+    }
+  }
+
+  const loopDone = loop().catch((e: unknown) => {
+    log.error({ err: e instanceof Error ? e.message : String(e) }, 'worker loop crashed');
+  });
+  log.info({ concurrency, queue: queueName }, 'worker started');
+
+  return {
+    get inFlight() {
+      return inflight.size;
+    },
+    stop(stopOpts = {}) {
+      stopPromise ??= (async () => {
+        const graceMs = stopOpts.graceMs ?? defaultGraceMs;
+        stopping = true;
+        receiveAbort.abort();
+        wakeSlotWaiter();
+        await loopDone;
+        const all = Promise.allSettled([...inflight]);
+        let graceTimer: NodeJS.Timeout | undefined;
+        const timedOut = await Promise.race([
+          all.then(() => false),
+          new Promise<boolean>((r) => {
+            graceTimer = setTimeout(() => r(true), graceMs);
+          }),
+        ]);
+        clearTimeout(graceTimer);
+        if (timedOut) {
+          log.warn({ in_flight: inflight.size }, 'grace period over; abandoning running tasks (their leases will expire)');
+          shutdownAbort.abort();
+          await Promise.allSettled([...inflight]);
+        }
+        log.info('worker stopped');
+      })();
+      return stopPromise;
+    },
+  };
+}
