@@ -82,6 +82,8 @@ CREATE TABLE jobs (
   inputs jsonb NOT NULL DEFAULT '[]',
   input_datasets text[] NOT NULL DEFAULT '{}',
   output_datasets text[] NOT NULL DEFAULT '{}',
+  -- [{output_index, dataset_uuid, dataset_version}] resolved at deploy time
+  outputs jsonb NOT NULL DEFAULT '[]',
   update_strategy text,
   unique_key text[],
   scaling jsonb,
@@ -145,6 +147,8 @@ CREATE TABLE tasks (
   partitions text[],
   input_versions jsonb,
   inputs jsonb NOT NULL DEFAULT '[]',
+  -- what created the task: {kind: event|manual|cron, ...}
+  trigger jsonb NOT NULL DEFAULT '{}',
   worker_id text,
   lease_token uuid,
   lease_expires_at timestamptz,
@@ -152,6 +156,9 @@ CREATE TABLE tasks (
   started_at timestamptz,
   completed_at timestamptz,
   next_retry_at timestamptz,
+  -- set when the reaper failed the attempt for an expired lease or timeout; a late reply of
+  -- that same attempt is still accepted while no newer attempt has started
+  timed_out_at timestamptz,
   error_message text,
   outputs jsonb,
   created_at timestamptz NOT NULL DEFAULT now(),

@@ -1,0 +1,207 @@
+import type { Db, Queryable } from '../db/db.js';
+import { TraceError, notFound, unprocessable, type Problem } from '../core/errors.js';
+import { newId, uuidV5 } from '../core/ids.js';
+import type { OperatorCatalog } from '../dag/catalog-types.js';
+import { parseDag, jobConfigHash, lineageHashes } from '../dag/index.js';
+import type { DagSpec, JobSpec } from '../dag/types.js';
+import { nextTick } from './schedule.js';
+import { cancelTasks } from './tasks/cancel.js';
+
+/** Stable identity of a job output: the same `(org, dag, job, output)` is the same dataset forever. */
+export const outputDatasetUuid = (orgId: string, dag: string, job: string, output: number) =>
+  uuidV5('dataset', orgId, dag, job, output);
+
+/** A generation of that output: changes exactly when the job or anything upstream of it changes. */
+export const outputDatasetVersion = (datasetUuid: string, lineageHash: string) => uuidV5('dataset_version', datasetUuid, lineageHash);
+
+export interface DeployResult {
+  dag_name: string;
+  dag_version_id: string;
+  yaml_hash: string;
+  created: boolean;
+  active: boolean;
+  datasets: Array<{ name: string | null; job: string; output: number; dataset_uuid: string; dataset_version: string }>;
+}
+
+const FIND_VERSION = `SELECT id FROM dag_versions WHERE org_id = $1 AND dag_name = $2 AND yaml_hash = $3`;
+const INSERT_VERSION = `INSERT INTO dag_versions (id, org_id, dag_name, yaml_hash, yaml, spec, created_by) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)`;
+const DATASETS_BY_NAME = `SELECT id, name, kind, producer_dag_name, producer_job_name, producer_output_index FROM datasets WHERE org_id = $1 AND name = ANY ($2::text[])`;
+const UPSERT_OUTPUT_DATASET = `
+INSERT INTO datasets (id, org_id, name, kind, producer_dag_name, producer_job_name, producer_output_index, read_roles)
+VALUES ($1, $2, $3, 'job_output', $4, $5, $6, $7)
+ON CONFLICT (id) DO UPDATE SET name = coalesce(datasets.name, EXCLUDED.name),
+  read_roles = CASE WHEN EXCLUDED.name IS NOT NULL THEN EXCLUDED.read_roles ELSE datasets.read_roles END, updated_at = now()`;
+const INSERT_DATASET_VERSION = `
+INSERT INTO dataset_versions (id, dataset_uuid, config_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`;
+const INSERT_DVD = `INSERT INTO dag_version_datasets (dag_version_id, dataset_uuid, dataset_version) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`;
+const INSERT_JOB = `
+INSERT INTO jobs (id, org_id, name, dag_name, dag_version_id, activation, runtime, operator, source, bootstrap, execution_strategy,
+  idle_timeout, config, config_hash, lineage_hash, inputs, input_datasets, output_datasets, outputs, update_strategy, unique_key,
+  scaling, udf, secrets, timeout_seconds, heartbeat_timeout_seconds, max_attempts)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11, $12, $13::jsonb, $14, $15, $16::jsonb, $17, $18, $19::jsonb, $20, $21,
+  $22::jsonb, $23::jsonb, $24, $25, $26, $27)`;
+
+/**
+ * Deploys a DAG YAML: validate, then create (or find, by yaml hash) an immutable version with
+ * its jobs, resolved input edges and dataset registry entries. Optionally activates it.
+ */
+export async function deployDag(
+  db: Db,
+  catalog: OperatorCatalog,
+  orgId: string,
+  userId: string | null,
+  yaml: string,
+  opts: { activate?: boolean; expectName?: string; allowHidden?: boolean } = {},
+): Promise<DeployResult> {
+  const { spec, yamlHash } = parseDag(yaml, catalog, { allowHidden: opts.allowHidden ?? false });
+  if (opts.expectName !== undefined && spec.name !== opts.expectName) {
+    throw unprocessable('DAG name does not match the route', [{ path: 'name', message: `is ${JSON.stringify(spec.name)} but the route names ${JSON.stringify(opts.expectName)}` }]);
+  }
+  return db.tx(async (q) => {
+    await q.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`dag:${orgId}:${spec.name}`]);
+    const existing = (await q.query<{ id: string }>(FIND_VERSION, [orgId, spec.name, yamlHash])).rows[0];
+    let versionId: string;
+    let created = false;
+    if (existing) {
+      versionId = existing.id;
+    } else {
+      versionId = newId();
+      created = true;
+      await insertVersion(q, orgId, userId, spec, yaml, yamlHash, versionId);
+    }
+    if (opts.activate) await activate(q, orgId, spec.name, versionId);
+    const datasets = await versionDatasets(q, versionId);
+    const active = await isActive(q, orgId, spec.name, versionId);
+    return { dag_name: spec.name, dag_version_id: versionId, yaml_hash: yamlHash, created, active, datasets };
+  });
+}
+
+async function insertVersion(q: Queryable, orgId: string, userId: string | null, spec: DagSpec, yaml: string, yamlHash: string, versionId: string): Promise<void> {
+  const problems: Problem[] = [];
+  // Inputs that name datasets resolve through the registry (published anywhere in the org, or in this DAG).
+  const publishedHere = new Map(spec.publish.map((p) => [p.name, p]));
+  const externalNames = new Set<string>();
+  for (const j of spec.jobs) for (const e of j.inputs) if ('dataset' in e.from && !publishedHere.has(e.from.dataset)) externalNames.add(e.from.dataset);
+  const names = [...new Set([...externalNames, ...publishedHere.keys()])];
+  const rows = (await q.query<{ id: string; name: string; kind: string; producer_dag_name: string | null; producer_job_name: string | null; producer_output_index: number | null }>(DATASETS_BY_NAME, [orgId, names])).rows;
+  const byName = new Map(rows.map((r) => [r.name, r]));
+  spec.jobs.forEach((j, ji) => j.inputs.forEach((e, ei) => {
+    if ('dataset' in e.from && !publishedHere.has(e.from.dataset) && !byName.has(e.from.dataset)) {
+      problems.push({ path: `jobs[${ji}].inputs[${ei}].from.dataset`, message: `unknown dataset ${JSON.stringify(e.from.dataset)} (not in the registry and not published by this DAG)` });
+    }
+  }));
+  spec.publish.forEach((p, pi) => {
+    const prev = byName.get(p.name);
+    if (prev && (prev.kind !== 'job_output' || prev.producer_dag_name !== spec.name || prev.producer_job_name !== p.from.job || prev.producer_output_index !== p.from.output)) {
+      const owner = prev.kind === 'job_output' ? `${prev.producer_dag_name}.${prev.producer_job_name}[${prev.producer_output_index}]` : `a ${prev.kind} dataset`;
+      problems.push({ path: `publish.${p.name}`, message: `dataset ${JSON.stringify(p.name)} is already produced by ${owner}; a dataset has one producer` });
+    }
+  });
+  if (problems.length > 0) throw unprocessable(`DAG ${spec.name} is invalid: ${problems.length} problem(s)`, problems, 'DAG_INVALID');
+
+  await q.query(INSERT_VERSION, [versionId, orgId, spec.name, yamlHash, yaml, JSON.stringify(spec), userId]);
+  const lineage = lineageHashes(spec);
+  const outputsOf = new Map<string, Array<{ output_index: number; dataset_uuid: string; dataset_version: string }>>();
+  const publishByOutput = new Map(spec.publish.map((p) => [`${p.from.job}#${p.from.output}`, p]));
+  for (const j of spec.jobs) {
+    const outs = [];
+    for (let i = 0; i < j.outputs; i++) {
+      const uuid = outputDatasetUuid(orgId, spec.name, j.name, i);
+      const version = outputDatasetVersion(uuid, lineage.get(j.name)!);
+      const pub = publishByOutput.get(`${j.name}#${i}`);
+      await q.query(UPSERT_OUTPUT_DATASET, [uuid, orgId, pub?.name ?? null, spec.name, j.name, i, pub?.read_roles ?? []]);
+      await q.query(INSERT_DATASET_VERSION, [version, uuid, lineage.get(j.name)!]);
+      await q.query(INSERT_DVD, [versionId, uuid, version]);
+      outs.push({ output_index: i, dataset_uuid: uuid, dataset_version: version });
+    }
+    outputsOf.set(j.name, outs);
+  }
+  for (const j of spec.jobs) {
+    const inputs = j.inputs.map((e) => {
+      let datasetUuid: string;
+      if ('job' in e.from) datasetUuid = outputsOf.get(e.from.job)![e.from.output]!.dataset_uuid;
+      else {
+        const pub = publishedHere.get(e.from.dataset);
+        datasetUuid = pub ? outputsOf.get(pub.from.job)![pub.from.output]!.dataset_uuid : byName.get(e.from.dataset)!.id;
+      }
+      return { dataset_uuid: datasetUuid, from: e.from, ...(e.where ? { where: e.where } : {}) };
+    });
+    await q.query(INSERT_JOB, jobParams(orgId, spec.name, versionId, j, jobConfigHash(j), lineage.get(j.name)!, inputs, outputsOf.get(j.name)!));
+  }
+}
+
+function jobParams(orgId: string, dag: string, versionId: string, j: JobSpec, configHash: string, lineageHash: string,
+  inputs: Array<{ dataset_uuid: string }>, outputs: Array<{ dataset_uuid: string }>): unknown[] {
+  return [newId(), orgId, j.name, dag, versionId, j.activation, j.runtime, j.operator,
+    j.source ? JSON.stringify(j.source) : null, j.bootstrap ? JSON.stringify(j.bootstrap) : null, j.execution_strategy ?? null,
+    j.idle_timeout ?? null, JSON.stringify(j.config), configHash, lineageHash, JSON.stringify(inputs),
+    inputs.map((i) => i.dataset_uuid), outputs.map((o) => o.dataset_uuid), JSON.stringify(outputs), j.update_strategy ?? null,
+    j.unique_key ?? null, j.scaling ? JSON.stringify(j.scaling) : null, j.udf ? JSON.stringify(j.udf) : null, j.secrets ?? null,
+    j.timeout_seconds, j.heartbeat_timeout_seconds, j.max_attempts];
+}
+
+async function versionDatasets(q: Queryable, versionId: string): Promise<DeployResult['datasets']> {
+  const r = await q.query<{ name: string | null; job: string; output: number; dataset_uuid: string; dataset_version: string }>(
+    `SELECT d.name, d.producer_job_name AS job, d.producer_output_index AS output, v.dataset_uuid, v.dataset_version
+     FROM dag_version_datasets v JOIN datasets d ON d.id = v.dataset_uuid
+     WHERE v.dag_version_id = $1 ORDER BY d.producer_job_name, d.producer_output_index`, [versionId]);
+  return r.rows;
+}
+
+async function isActive(q: Queryable, orgId: string, dag: string, versionId: string): Promise<boolean> {
+  const r = await q.query<{ dag_version_id: string }>(`SELECT dag_version_id FROM dag_current_versions WHERE org_id = $1 AND dag_name = $2`, [orgId, dag]);
+  return r.rows[0]?.dag_version_id === versionId;
+}
+
+/**
+ * Atomic cutover: in one transaction, move the DAG's active pointer and every output dataset's
+ * current version, swap cron schedules to the new version's jobs, and cancel unfinished tasks
+ * of jobs whose outputs can no longer become current (their lineage changed).
+ */
+async function activate(q: Queryable, orgId: string, dag: string, versionId: string): Promise<void> {
+  await q.query(
+    `INSERT INTO dag_current_versions (org_id, dag_name, dag_version_id) VALUES ($1, $2, $3)
+     ON CONFLICT (org_id, dag_name) DO UPDATE SET dag_version_id = EXCLUDED.dag_version_id, updated_at = now()`,
+    [orgId, dag, versionId]);
+  await q.query(
+    `UPDATE datasets d SET current_version = v.dataset_version, updated_at = now()
+     FROM dag_version_datasets v WHERE v.dag_version_id = $1 AND d.id = v.dataset_uuid`, [versionId]);
+  await q.query(
+    `DELETE FROM source_schedules s USING jobs j WHERE s.job_id = j.id AND j.org_id = $1 AND j.dag_name = $2 AND j.dag_version_id <> $3`,
+    [orgId, dag, versionId]);
+  const crons = await q.query<{ id: string; schedule: string }>(
+    `SELECT id, source->>'schedule' AS schedule FROM jobs WHERE dag_version_id = $1 AND activation = 'source' AND source->>'kind' = 'cron'`, [versionId]);
+  for (const c of crons.rows) {
+    await q.query(
+      `INSERT INTO source_schedules (job_id, org_id, schedule, next_fire_at) VALUES ($1, $2, $3, $4) ON CONFLICT (job_id) DO NOTHING`,
+      [c.id, orgId, c.schedule, nextTick(c.schedule, new Date())]);
+  }
+  const stale = await q.query<{ id: string }>(
+    `SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
+     WHERE j.org_id = $1 AND j.dag_name = $2 AND j.dag_version_id <> $3
+       AND t.status IN ('Queued', 'Running', 'Failed')
+       AND j.lineage_hash NOT IN (SELECT lineage_hash FROM jobs WHERE dag_version_id = $3)`, [orgId, dag, versionId]);
+  await cancelTasks(q, stale.rows.map((r) => r.id), 'canceled: the DAG version was replaced');
+}
+
+export async function activateDag(db: Db, orgId: string, dag: string, versionId: string): Promise<{ dag_name: string; dag_version_id: string }> {
+  return db.tx(async (q) => {
+    await q.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`dag:${orgId}:${dag}`]);
+    const v = await q.query<{ id: string }>(`SELECT id FROM dag_versions WHERE id = $1 AND org_id = $2 AND dag_name = $3`, [versionId, orgId, dag]);
+    if (!v.rows[0]) throw notFound(`DAG ${dag} has no version ${versionId}`, 'DAG_VERSION_NOT_FOUND');
+    await activate(q, orgId, dag, versionId);
+    return { dag_name: dag, dag_version_id: versionId };
+  });
+}
+
+export async function listVersions(db: Queryable, orgId: string, dag: string): Promise<Array<{ dag_version_id: string; yaml_hash: string; created_at: Date; active: boolean; jobs: number }>> {
+  const r = await db.query<{ dag_version_id: string; yaml_hash: string; created_at: Date; active: boolean; jobs: number }>(
+    `SELECT v.id AS dag_version_id, v.yaml_hash, v.created_at, (c.dag_version_id IS NOT NULL) AS active,
+            (SELECT count(*)::int FROM jobs j WHERE j.dag_version_id = v.id) AS jobs
+     FROM dag_versions v LEFT JOIN dag_current_versions c ON c.dag_version_id = v.id
+     WHERE v.org_id = $1 AND v.dag_name = $2 ORDER BY v.created_at, v.id`, [orgId, dag]);
+  if (r.rows.length === 0) throw notFound(`no DAG named ${dag}`, 'DAG_NOT_FOUND');
+  return r.rows;
+}
+
+export { TraceError };

@@ -1,0 +1,72 @@
+import { z } from 'zod';
+import { UUID_RE } from '../../core/ids.js';
+
+export const uuid = z.string().regex(UUID_RE, 'must be a UUID');
+
+export const fence = {
+  task_id: uuid,
+  attempt: z.number().int().min(1),
+  lease_token: uuid,
+};
+
+const cursor = z.union([z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER), z.string().min(1).max(200)]);
+
+export const eventSchema = z.union([
+  z.strictObject({ dataset_uuid: uuid, dataset_version: uuid, cursor }),
+  z.strictObject({
+    dataset_uuid: uuid,
+    dataset_version: uuid,
+    partition_key: z.string().regex(/^\d+-\d+$/, 'must be "{start}-{end}"'),
+    start: z.number().int().nonnegative(),
+    end: z.number().int().nonnegative(),
+  }).refine((e) => e.end > e.start && e.partition_key === `${e.start}-${e.end}`, 'partition_key must be "{start}-{end}" with end > start'),
+]);
+
+export const claimBody = z.strictObject({ task_id: uuid, worker_id: z.string().min(1).max(200) });
+export const heartbeatBody = z.strictObject(fence);
+export const eventsBody = z.strictObject({ ...fence, events: z.array(eventSchema).max(10_000) });
+
+const storageRef = z.record(z.string(), z.unknown());
+export const completeBody = z.strictObject({
+  ...fence,
+  status: z.enum(['Completed', 'Failed', 'Canceled']),
+  events: z.array(eventSchema).max(10_000).default([]),
+  outputs: z.array(z.unknown()).max(1000).default([]),
+  datasets_published: z.array(z.strictObject({
+    dataset_uuid: uuid,
+    dataset_version: uuid,
+    storage_ref: storageRef,
+    config_hash: z.string().max(200).optional(),
+    range_start: z.number().int().nonnegative().optional(),
+    range_end: z.number().int().nonnegative().optional(),
+    row_count: z.number().int().nonnegative().optional(),
+    bytes: z.number().int().nonnegative().optional(),
+  })).max(1000).default([]),
+  error_message: z.string().max(10_000).nullable().default(null),
+  operator_state: z.array(z.strictObject({
+    state_key: z.string().min(1).max(200),
+    expected_version: z.number().int().min(1).nullable(),
+    state: z.record(z.string(), z.unknown()),
+  })).max(100).default([]),
+});
+
+export const bufferPublishBody = z.strictObject({
+  ...fence,
+  batch_uri: z.string().min(1).max(2048).regex(/^(s3|file):\/\//, 'must be an s3:// or file:// URI'),
+  content_type: z.literal('application/jsonl'),
+  batch_size_bytes: z.number().int().nonnegative().max(16 * 1024 * 1024),
+  dedupe_scope: z.string().regex(/^[a-z][a-z0-9_]{0,127}$/, 'must be a dataset name'),
+});
+
+export const activateBody = z.strictObject({ dag_version_id: uuid });
+
+export const triggerBody = z.union([
+  z.strictObject({ cursor, idempotency_key: z.string().min(1).max(200).optional() }),
+  z.strictObject({ start: z.number().int().nonnegative(), end: z.number().int().positive(), idempotency_key: z.string().min(1).max(200).optional() })
+    .refine((b) => b.end > b.start, 'end must be greater than start'),
+  z.strictObject({ idempotency_key: z.string().min(1).max(200).optional() }),
+]);
+
+export const dagNameParam = z.string().regex(/^[a-z][a-z0-9_]{0,63}$/, 'must be a DAG name');
+export const jobNameParam = dagNameParam;
+export const datasetNameParam = z.string().regex(/^[a-z][a-z0-9_]{0,127}$/, 'must be a dataset name');

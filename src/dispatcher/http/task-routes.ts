@@ -1,0 +1,74 @@
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { bindTaskRequest } from '../../auth/capability.js';
+import type { CapabilityClaims } from '../../auth/capability-claims.js';
+import { TraceError } from '../../core/errors.js';
+import { header, parseInput } from '../../core/http.js';
+import type { DispatcherContext } from '../service.js';
+import { heartbeatTask } from '../tasks/heartbeat.js';
+import { completeTask } from '../tasks/complete.js';
+import { lockFenced } from '../tasks/fence.js';
+import { recordEvents } from '../tasks/events.js';
+import { publishBuffer } from '../tasks/buffer-publish.js';
+import { bufferPublishBody, completeBody, eventsBody, heartbeatBody } from './schemas.js';
+
+/**
+ * Task-scoped routes: `X-Trace-Task-Capability` plus `{task_id, attempt, lease_token}`, bound
+ * to the token claims and fenced against the current lease. A refused call changes nothing.
+ */
+export function taskRoutes(app: FastifyInstance, ctx: DispatcherContext): void {
+  const { deps } = ctx;
+
+  async function authorize(req: FastifyRequest): Promise<CapabilityClaims> {
+    return deps.capabilityVerifier.verify(header(req, 'x-trace-task-capability'));
+  }
+
+  app.post('/v1/task/heartbeat', async (req) => {
+    const claims = await authorize(req);
+    const body = parseInput(heartbeatBody, req.body);
+    bindTaskRequest(claims, body);
+    const r = await heartbeatTask(deps.state, body, deps.settings.leaseSeconds);
+    return { ok: true, lease_expires_at: new Date(r.lease_expires_at).toISOString() };
+  });
+
+  app.post('/v1/task/events', async (req) => {
+    const claims = await authorize(req);
+    const body = parseInput(eventsBody, req.body);
+    bindTaskRequest(claims, body);
+    const r = await deps.state.tx(async (q) => {
+      const { task, mode } = await lockFenced(q, body);
+      if (mode === 'finished') throw new TraceError(409, 'TASK_NOT_RUNNING', `the task is ${task.status}; the attempt is over`);
+      const job = await ctx.jobs.require(task.job_id);
+      return recordEvents(q, task, job, body.events);
+    });
+    if (r.routed > 0) ctx.kickOutbox();
+    return { ok: true, accepted: r.accepted, routed: r.routed };
+  });
+
+  app.post('/v1/task/complete', async (req) => {
+    const claims = await authorize(req);
+    const body = parseInput(completeBody, req.body);
+    bindTaskRequest(claims, body);
+    const r = await deps.state.tx((q) => completeTask(q, body, {
+      status: body.status,
+      events: body.events,
+      outputs: body.outputs,
+      datasets_published: body.datasets_published.map((p) => ({ ...p, storage_ref: p.storage_ref })),
+      error_message: body.error_message,
+      operator_state: body.operator_state,
+    }, (id) => ctx.jobs.require(id), ctx.retryDelayMs));
+    if (r.applied) {
+      ctx.kickOutbox();
+      req.log.info({ task_id: body.task_id, attempt: body.attempt, status: r.status }, 'task finished');
+    }
+    return { ok: true, status: r.status, ...(r.retry_at ? { retry_at: r.retry_at.toISOString() } : {}) };
+  });
+
+  app.post('/v1/task/buffer-publish', async (req) => {
+    const claims = await authorize(req);
+    const body = parseInput(bufferPublishBody, req.body);
+    bindTaskRequest(claims, body);
+    const r = await deps.state.tx((q) => publishBuffer(q, body, body));
+    ctx.kickOutbox();
+    return { ok: true, publish_id: r.publish_id };
+  });
+}

@@ -1,0 +1,39 @@
+import type { FastifyInstance } from 'fastify';
+import { checkWorkerToken } from '../../auth/worker-token.js';
+import { header, parseInput } from '../../core/http.js';
+import { notFound } from '../../core/errors.js';
+import { z } from 'zod';
+import type { DispatcherContext } from '../service.js';
+import { taskPayload } from '../payload.js';
+import { claimBody, uuid } from './schemas.js';
+
+/** Worker-only routes (`X-Trace-Worker-Token`): claim, fetch, task JWKS. */
+export function workerRoutes(app: FastifyInstance, ctx: DispatcherContext): void {
+  const { deps } = ctx;
+  app.addHook('onRequest', async (req) => {
+    if (req.url.startsWith('/internal/')) checkWorkerToken(deps.workerToken, header(req, 'x-trace-worker-token'));
+  });
+
+  app.post('/internal/task-claim', async (req) => {
+    const body = parseInput(claimBody, req.body);
+    const r = await ctx.claim(body.task_id, body.worker_id);
+    if (r.status === 'NotClaimed') return { status: 'NotClaimed', reason: r.reason };
+    req.log.info({ task_id: body.task_id, attempt: r.claimed.attempt, job: r.claimed.task.job.name, worker_id: body.worker_id }, 'task claimed');
+    return { status: 'Claimed', ...r.claimed };
+  });
+
+  app.get('/internal/task-fetch', async (req) => {
+    const { task_id } = parseInput(z.strictObject({ task_id: uuid }), req.query, 'query string');
+    const r = await deps.state.query<{ id: string; org_id: string; job_id: string; status: string; attempt: number; inputs: unknown[]; trigger: Record<string, unknown>; timeout_seconds: number; operator_state: [] }>(
+      `SELECT t.id, t.org_id, t.job_id, t.status, t.attempt, t.inputs, t.trigger, t.timeout_seconds,
+              (SELECT coalesce(json_agg(json_build_object('state_key', s.state_key, 'state', s.state, 'version', s.version)), '[]'::json)
+                 FROM operator_state s WHERE s.job_id = t.job_id) AS operator_state
+       FROM tasks t WHERE t.id = $1`, [task_id]);
+    const t = r.rows[0];
+    if (!t) throw notFound('task not found', 'TASK_NOT_FOUND');
+    const job = await ctx.jobs.require(t.job_id);
+    return { task_id: t.id, status: t.status, attempt: t.attempt, task: taskPayload(t, job) };
+  });
+
+  app.get('/internal/jwks/task', async () => deps.issuer.jwks());
+}

@@ -1,0 +1,98 @@
+import type { Queryable, Db } from '../../db/db.js';
+
+export type NotClaimedReason = 'AlreadyRunning' | 'Completed' | 'Canceled' | 'NotFound' | 'Throttled' | 'NotQueued';
+
+export interface ClaimedRow {
+  id: string;
+  org_id: string;
+  job_id: string;
+  attempt: number;
+  lease_token: string;
+  lease_expires_at: Date;
+  inputs: unknown[];
+  trigger: Record<string, unknown>;
+  timeout_seconds: number;
+  operator_state: Array<{ state_key: string; state: Record<string, unknown>; version: number }>;
+}
+
+const LEASE_COLUMNS = `
+  status = 'Running', lease_token = gen_random_uuid(), lease_expires_at = now() + make_interval(secs => $3),
+  worker_id = $2, started_at = now(), last_heartbeat = now(), timed_out_at = NULL, updated_at = now()`;
+
+const CLAIM_TAIL = `
+, attempt_row AS (
+  INSERT INTO task_attempts (task_id, attempt, worker_id, lease_token, status)
+  SELECT id, attempt, worker_id, lease_token, 'Running' FROM c
+  ON CONFLICT (task_id, attempt) DO UPDATE
+    SET worker_id = EXCLUDED.worker_id, lease_token = EXCLUDED.lease_token, status = 'Running', started_at = now(), finished_at = NULL
+)
+SELECT c.id, c.org_id, c.job_id, c.attempt, c.lease_token, c.lease_expires_at, c.inputs, c.trigger, c.timeout_seconds,
+       (SELECT coalesce(json_agg(json_build_object('state_key', s.state_key, 'state', s.state, 'version', s.version)), '[]'::json)
+          FROM operator_state s WHERE s.job_id = c.job_id) AS operator_state
+FROM c`;
+
+// Fast path, one statement: Queued -> Running for jobs without a concurrency cap.
+const CLAIM_UNCAPPED = `
+WITH c AS (
+  UPDATE tasks t SET ${LEASE_COLUMNS}
+  FROM jobs j
+  WHERE t.id = $1 AND t.status = 'Queued' AND j.id = t.job_id AND j.scaling->'max_concurrency' IS NULL
+  RETURNING t.*
+)${CLAIM_TAIL}`;
+
+// Capped path, inside a transaction that holds the job row lock so Running never exceeds the cap.
+const CLAIM_CAPPED = `
+WITH c AS (
+  UPDATE tasks t SET ${LEASE_COLUMNS}
+  WHERE t.id = $1 AND t.status = 'Queued'
+    AND (SELECT count(*) FROM tasks r WHERE r.job_id = t.job_id AND r.status = 'Running') < $4
+  RETURNING t.*
+)${CLAIM_TAIL}`;
+
+const TASK_STATUS = `
+SELECT t.status, t.job_id, (j.scaling->>'max_concurrency')::int AS max_concurrency
+FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.id = $1`;
+
+const LOCK_JOB = `SELECT id FROM jobs WHERE id = $1 FOR UPDATE`;
+
+/**
+ * The claim transition: one atomic `Queued -> Running` that sets lease_token,
+ * lease_expires_at, worker_id and started_at and opens the attempt's history row.
+ */
+export async function claimTask(
+  db: Db,
+  taskId: string,
+  workerId: string,
+  leaseSeconds: number,
+): Promise<{ claimed: ClaimedRow } | { reason: NotClaimedReason }> {
+  const fast = await db.query<ClaimedRow>(CLAIM_UNCAPPED, [taskId, workerId, leaseSeconds]);
+  if (fast.rows[0]) return { claimed: fast.rows[0] };
+  return db.tx(async (q) => {
+    const s = await q.query<{ status: string; job_id: string; max_concurrency: number | null }>(TASK_STATUS, [taskId]);
+    const row = s.rows[0];
+    if (!row) return { reason: 'NotFound' as const };
+    if (row.status !== 'Queued') return { reason: reasonFor(row.status) };
+    if (row.max_concurrency === null) {
+      // Lost a race with another claimer between the two statements.
+      return { reason: 'AlreadyRunning' as const };
+    }
+    await q.query(LOCK_JOB, [row.job_id]);
+    const c = await q.query<ClaimedRow>(CLAIM_CAPPED, [taskId, workerId, leaseSeconds, row.max_concurrency]);
+    if (c.rows[0]) return { claimed: c.rows[0] };
+    const again = await q.query<{ status: string }>(`SELECT status FROM tasks WHERE id = $1`, [taskId]);
+    const st = again.rows[0]?.status ?? 'NotFound';
+    return { reason: st === 'Queued' ? ('Throttled' as const) : reasonFor(st) };
+  });
+}
+
+function reasonFor(status: string): NotClaimedReason {
+  switch (status) {
+    case 'Running': return 'AlreadyRunning';
+    case 'Completed': return 'Completed';
+    case 'Canceled': return 'Canceled';
+    case 'Failed': return 'NotQueued';
+    default: return 'NotFound';
+  }
+}
+
+export type { Queryable };

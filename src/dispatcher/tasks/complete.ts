@@ -1,0 +1,151 @@
+import { TraceError, badRequest } from '../../core/errors.js';
+import type { Queryable } from '../../db/db.js';
+import type { JobRow } from '../jobs.js';
+import { lockFenced } from './fence.js';
+import { recordEvents } from './events.js';
+import type { DatasetEvent, TaskRef, TaskStatus } from './types.js';
+
+export interface OperatorStateWrite {
+  state_key: string;
+  expected_version: number | null;
+  state: Record<string, unknown>;
+}
+
+export interface DatasetPublished {
+  dataset_uuid: string;
+  dataset_version: string;
+  storage_ref: Record<string, unknown>;
+  config_hash?: string;
+  range_start?: number;
+  range_end?: number;
+  row_count?: number;
+  bytes?: number;
+}
+
+export interface Completion {
+  status: 'Completed' | 'Failed' | 'Canceled';
+  events: DatasetEvent[];
+  outputs: unknown[];
+  datasets_published: DatasetPublished[];
+  error_message: string | null;
+  operator_state: OperatorStateWrite[];
+}
+
+export interface CompletionResult {
+  status: TaskStatus;
+  /** false when this was a repeat of an already accepted completion (a no-op). */
+  applied: boolean;
+  retry_at: Date | null;
+  job_id: string;
+}
+
+const INSERT_STATE = `
+INSERT INTO operator_state (org_id, job_id, state_key, state, version) VALUES ($1, $2, $3, $4::jsonb, 1)
+ON CONFLICT (org_id, job_id, state_key) DO NOTHING RETURNING version`;
+
+const UPDATE_STATE = `
+UPDATE operator_state SET state = $4::jsonb, version = version + 1, updated_at = now()
+WHERE org_id = $1 AND job_id = $2 AND state_key = $3 AND version = $5 RETURNING version`;
+
+const PUBLISH_VERSION = `
+INSERT INTO dataset_versions (id, dataset_uuid, storage_location, storage_ref, config_hash, range_start, range_end)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
+ON CONFLICT DO NOTHING`;
+
+const RECORD_PARTITION = `
+INSERT INTO partition_versions (dataset_uuid, dataset_version, partition_key, config_hash, location, row_count, bytes)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (dataset_uuid, dataset_version, partition_key) DO UPDATE
+  SET materialized_at = now(), location = EXCLUDED.location, row_count = EXCLUDED.row_count, bytes = EXCLUDED.bytes`;
+
+// Consumers' cursors only move forward (numeric cursors compared as numbers).
+const ADVANCE_CURSOR = `
+INSERT INTO dataset_cursors (dataset_uuid, dataset_version, job_id, cursor_column, cursor_value)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (dataset_uuid, dataset_version, job_id) DO UPDATE
+  SET cursor_value = CASE
+        WHEN dataset_cursors.cursor_value ~ '^-?[0-9]+$' AND EXCLUDED.cursor_value ~ '^-?[0-9]+$'
+          THEN (greatest(dataset_cursors.cursor_value::numeric, EXCLUDED.cursor_value::numeric))::text
+        ELSE greatest(dataset_cursors.cursor_value, EXCLUDED.cursor_value) END,
+      updated_at = now()`;
+
+const FINISH_TASK = `
+UPDATE tasks SET status = $2, completed_at = CASE WHEN $2 = 'Failed' THEN NULL ELSE now() END,
+       outputs = $3::jsonb, error_message = $4, next_retry_at = $5, timed_out_at = NULL, updated_at = now()
+WHERE id = $1`;
+
+const FINISH_ATTEMPT = `
+UPDATE task_attempts SET status = $3, finished_at = now(), error_message = $4 WHERE task_id = $1 AND attempt = $2`;
+
+// A finished task frees a slot of a capped job: wake the oldest queued tasks of that job.
+const WAKE_THROTTLED = `
+INSERT INTO outbox (kind, payload)
+SELECT CASE WHEN j.runtime IN ('lambda', 'dispatcher') THEN 'invoke_task' ELSE 'enqueue_task' END, jsonb_build_object('task_id', t.id)
+FROM (SELECT id, job_id FROM tasks WHERE job_id = $1 AND status = 'Queued' ORDER BY created_at LIMIT $2) t
+JOIN jobs j ON j.id = t.job_id`;
+
+/**
+ * The completion transition, fenced by `(task_id, attempt, lease_token)`. Operator state (CAS),
+ * events, dataset publications, cursor advances and the status change commit together or not
+ * at all. A repeat of an accepted completion is a no-op.
+ */
+export async function completeTask(
+  q: Queryable,
+  ref: TaskRef,
+  c: Completion,
+  getJob: (id: string) => Promise<JobRow>,
+  retryDelayMs: (attempt: number) => number,
+): Promise<CompletionResult> {
+  const { task, mode } = await lockFenced(q, ref);
+  if (mode === 'finished') {
+    if (task.status === c.status) return { status: task.status, applied: false, retry_at: task.next_retry_at, job_id: task.job_id };
+    if (task.status === 'Canceled') throw new TraceError(409, 'TASK_CANCELED', 'the task was canceled; its results are not committed');
+    throw new TraceError(409, 'ALREADY_FINISHED', `this attempt already finished as ${task.status}`);
+  }
+  const job = await getJob(task.job_id);
+
+  let status: TaskStatus = c.status;
+  let retryAt: Date | null = null;
+  let error: string | null = c.error_message === null ? null : c.error_message.slice(0, 2000);
+
+  if (c.status === 'Completed') {
+    for (const [i, w] of c.operator_state.entries()) {
+      const r = w.expected_version === null
+        ? await q.query(INSERT_STATE, [task.org_id, task.job_id, w.state_key, JSON.stringify(w.state)])
+        : await q.query(UPDATE_STATE, [task.org_id, task.job_id, w.state_key, JSON.stringify(w.state), w.expected_version]);
+      if (r.rowCount === 0) {
+        throw new TraceError(409, 'STATE_CONFLICT', `operator_state[${i}] (${w.state_key}) changed since it was read; re-fetch and retry`);
+      }
+    }
+    await recordEvents(q, task, job, c.events);
+    const owned = new Set(job.outputs.map((o) => o.dataset_uuid));
+    for (const [i, p] of c.datasets_published.entries()) {
+      if (!owned.has(p.dataset_uuid)) {
+        throw new TraceError(403, 'EVENT_NOT_OWNED', `datasets_published[${i}].dataset_uuid is not an output of this task's job`);
+      }
+      const location = typeof p.storage_ref.prefix === 'string' ? p.storage_ref.prefix : null;
+      await q.query(PUBLISH_VERSION, [p.dataset_version, p.dataset_uuid, location, JSON.stringify(p.storage_ref), p.config_hash ?? null, p.range_start ?? null, p.range_end ?? null]);
+      if (p.range_start !== undefined && p.range_end !== undefined) {
+        if (!(p.range_end > p.range_start)) throw badRequest(`datasets_published[${i}]: range_end must be greater than range_start`);
+        await q.query(RECORD_PARTITION, [p.dataset_uuid, p.dataset_version, `${p.range_start}-${p.range_end}`, p.config_hash ?? null, location, p.row_count ?? null, p.bytes ?? null]);
+      }
+    }
+    for (const input of task.inputs as Array<{ dataset_uuid?: string; dataset_version?: string; cursor?: unknown }>) {
+      if (input.dataset_uuid && input.dataset_version && input.cursor !== undefined && input.cursor !== null) {
+        const col = typeof job.config.cursor_column === 'string' ? job.config.cursor_column : null;
+        await q.query(ADVANCE_CURSOR, [input.dataset_uuid, input.dataset_version, task.job_id, col, String(input.cursor)]);
+      }
+    }
+    error = null;
+  } else if (c.status === 'Failed') {
+    if (task.attempt < task.max_attempts) {
+      retryAt = new Date(Date.now() + retryDelayMs(task.attempt));
+    }
+    error ??= 'failed without a message';
+  }
+  await q.query(FINISH_TASK, [task.id, status, JSON.stringify(c.outputs), error, retryAt]);
+  await q.query(FINISH_ATTEMPT, [task.id, task.attempt, status, error]);
+  const cap = job.scaling?.max_concurrency;
+  if (cap !== undefined && mode === 'live') await q.query(WAKE_THROTTLED, [task.job_id, cap]);
+  return { status, applied: true, retry_at: retryAt, job_id: task.job_id };
+}

@@ -1,0 +1,25 @@
+import type { Db } from '../../db/db.js';
+
+// Failed -> Queued for due retries: same task row, attempt + 1, and a fresh side effect.
+const RETRY_DUE = `
+WITH due AS (
+  SELECT id FROM tasks
+  WHERE status = 'Failed' AND next_retry_at IS NOT NULL AND next_retry_at <= now()
+  ORDER BY next_retry_at LIMIT $1
+  FOR UPDATE SKIP LOCKED
+), upd AS (
+  UPDATE tasks t SET status = 'Queued', attempt = t.attempt + 1, next_retry_at = NULL, timed_out_at = NULL,
+         lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, updated_at = now()
+  FROM due WHERE t.id = due.id
+  RETURNING t.id, t.job_id
+), ob AS (
+  INSERT INTO outbox (kind, payload)
+  SELECT CASE WHEN j.runtime IN ('lambda', 'dispatcher') THEN 'invoke_task' ELSE 'enqueue_task' END, jsonb_build_object('task_id', upd.id)
+  FROM upd JOIN jobs j ON j.id = upd.job_id
+)
+SELECT count(*)::int AS n FROM upd`;
+
+export async function retryDueTasks(db: Db, batch: number): Promise<number> {
+  const r = await db.query<{ n: number }>(RETRY_DUE, [batch]);
+  return r.rows[0]?.n ?? 0;
+}

@@ -1,0 +1,147 @@
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { readEnv, liteJsonPath, DEFAULT_PORTS, type TraceEnv } from '../core/config.js';
+import { createLogger, type Logger } from '../core/log.js';
+import { openDatabases, type Databases } from '../db/open.js';
+import { migrate } from '../db/migrate.js';
+import { PgQueue } from '../queue/pgqueue.js';
+import { createCapabilityIssuer, capabilityKeyConfigFromEnv } from '../auth/capability.js';
+import { createUserVerifier, mintDevUserToken, userVerifierConfigFromEnv } from '../auth/user.js';
+import { operatorCatalog, operatorRegistry } from '../operators/registry.js';
+import { Dispatcher } from '../dispatcher/dispatcher.js';
+import { defaultSettings, type DispatcherSettings } from '../dispatcher/settings.js';
+import { bootstrapDeployment } from '../dispatcher/identity.js';
+import { InProcessExecutor } from '../dispatcher/executors.js';
+import { startWorker, type WorkerHandle } from '../worker/worker.js';
+import { TaskClient } from '../worker/task-client.js';
+import { loadOrCreateSecrets } from './secrets.js';
+
+export interface LiteOptions {
+  home?: string;
+  /** In-process workers (0 = none, so the worker contract can be driven by hand). */
+  workers?: number;
+  workerConcurrency?: number;
+  /** Listener ports; 0 picks a free port. Defaults are the standard 808x ports. */
+  ports?: Partial<Record<'dispatcher' | 'query' | 'gateway' | 'rpcGateway', number>>;
+  host?: string;
+  env?: NodeJS.ProcessEnv;
+  settings?: Partial<DispatcherSettings>;
+  includeTestOperators?: boolean;
+  log?: Logger;
+  /** Heartbeat interval override for in-process workers (tests). */
+  heartbeatMs?: number;
+}
+
+export interface LiteInfo {
+  profile: 'embedded' | 'postgres';
+  home: string;
+  org_id: string;
+  dispatcher_url: string;
+  worker_token: string;
+  admin_token: string;
+  admin_sub: string;
+  pid: number;
+  started_at: string;
+}
+
+export interface LiteHandle {
+  info: LiteInfo;
+  dispatcher: Dispatcher;
+  dbs: Databases;
+  queue: PgQueue;
+  workers: WorkerHandle[];
+  stop(): Promise<void>;
+}
+
+const ADMIN_SUB = 'admin';
+
+/**
+ * The whole platform in one process: databases (embedded PGlite under TRACE_HOME unless
+ * TRACE_STATE_DATABASE_URL is set), migrations, the Dispatcher with its loops, and a worker
+ * pool. Writes `$TRACE_HOME/lite.json` with every URL and the dev credentials.
+ */
+export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
+  const env: TraceEnv = readEnv(opts.env ?? process.env);
+  const home = opts.home ?? env.home;
+  const log = opts.log ?? createLogger('trace-lite');
+  await mkdir(home, { recursive: true });
+  const dbs = await openDatabases({
+    home,
+    ...(env.stateDatabaseUrl ? { stateUrl: env.stateDatabaseUrl } : {}),
+    ...(env.dataDatabaseUrl ? { dataUrl: env.dataDatabaseUrl } : {}),
+    ...(env.queueDatabaseUrl ? { queueUrl: env.queueDatabaseUrl } : {}),
+  });
+  try {
+    await migrate(dbs.state, 'state');
+    await migrate(dbs.data, 'data');
+    const { org_id } = await bootstrapDeployment(dbs.state, { adminSub: ADMIN_SUB });
+    const secrets = await loadOrCreateSecrets(home);
+    const workerToken = env.workerToken ?? secrets.worker_token;
+    const keyCfg = capabilityKeyConfigFromEnv(env) ?? { alg: 'HS256' as const, current: { kid: secrets.task_capability_kid, secret: secrets.task_capability_secret } };
+    const issuer = await createCapabilityIssuer(keyCfg);
+    const userCfg = userVerifierConfigFromEnv(env) ?? { mode: 'dev' as const, secret: secrets.user_jwt_secret };
+    const userVerifier = createUserVerifier(userCfg);
+    const queue = new PgQueue(dbs.queue);
+    const registryOpts = { includeTestOperators: opts.includeTestOperators ?? false };
+    const registry = operatorRegistry(registryOpts);
+    const host = opts.host ?? '127.0.0.1';
+    let dispatcherUrl: string | undefined;
+    const executor = new InProcessExecutor({ dispatcherUrl: () => dispatcherUrl, registry, log });
+    const dispatcher = new Dispatcher({
+      state: dbs.state,
+      queue,
+      ...(dbs.queue === dbs.state ? { sendInTx: (q, name, bodies) => queue.sendInTx(q, name, bodies) } : {}),
+      issuer,
+      capabilityVerifier: issuer.verifier(),
+      userVerifier,
+      workerToken,
+      catalog: operatorCatalog(registryOpts),
+      allowHiddenOperators: opts.includeTestOperators ?? false,
+      executors: { dispatcher: executor, lambda: executor },
+      orgId: org_id,
+      settings: defaultSettings(opts.settings),
+      log: log.child({ component: 'dispatcher' }),
+    });
+    await dispatcher.start({ host, port: opts.ports?.dispatcher ?? DEFAULT_PORTS.dispatcher });
+    dispatcherUrl = dispatcher.url!;
+
+    const workers: WorkerHandle[] = [];
+    const client = new TaskClient({ baseUrl: dispatcherUrl, workerToken });
+    for (let i = 0; i < (opts.workers ?? 2); i++) {
+      workers.push(startWorker({
+        queue, client, registry, workerId: `lite:${process.pid}:${i}`,
+        concurrency: opts.workerConcurrency ?? 4,
+        log: log.child({ component: 'worker', worker: i }),
+        ...(opts.heartbeatMs ? { heartbeatMs: opts.heartbeatMs } : {}),
+      }));
+    }
+    const info: LiteInfo = {
+      profile: env.stateDatabaseUrl ? 'postgres' : 'embedded',
+      home,
+      org_id,
+      dispatcher_url: dispatcherUrl,
+      worker_token: workerToken,
+      admin_token: userCfg.mode === 'dev' ? await mintDevUserToken(userCfg.secret, ADMIN_SUB) : '',
+      admin_sub: ADMIN_SUB,
+      pid: process.pid,
+      started_at: new Date().toISOString(),
+    };
+    await writeFile(liteJsonPath(home), JSON.stringify(info, null, 2), { mode: 0o600 });
+    let stopped = false;
+    return {
+      info, dispatcher, dbs, queue, workers,
+      async stop() {
+        if (stopped) return;
+        stopped = true;
+        await Promise.all(workers.map((w) => w.stop({ graceMs: 5_000 })));
+        await dispatcher.stop();
+        await queue.close();
+        await dbs.close();
+        await rm(liteJsonPath(home), { force: true });
+      },
+    };
+  } catch (e) {
+    await dbs.close().catch(() => undefined);
+    throw e;
+  }
+}
+
