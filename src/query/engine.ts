@@ -1,0 +1,389 @@
+/**
+ * The DuckDB execution sandbox (defense in depth behind the SQL gate).
+ *
+ * Every query gets a fresh in-memory DuckDB instance. Trusted code attaches the granted files as
+ * the temporary view `dataset` (`read_parquet` over the exact file list, scanned in place), then
+ * locks the instance down before any untrusted SQL runs:
+ *   allowed_paths = exactly the granted files; enable_external_access = false; extension
+ *   autoinstall/autoload off; a private 0700 temp directory with a size cap; memory and thread
+ *   caps; lock_configuration = true; every setting read back and checked.
+ * Any failed step fails the query (500 QUERY_SANDBOX_FAILED). The untrusted statement must
+ * prepare as exactly one SELECT, runs wrapped in an outer LIMIT (limit + 1, to compute
+ * `truncated`), streams, stops at the row or byte cap, and is interrupted at the timeout.
+ * Error messages are scrubbed of SQL echoes and of file paths and URLs.
+ *
+ * S3: `s3://` files need DuckDB's `httpfs` extension, which is not built into
+ * `@duckdb/node-api`. It must be installed in the deployment image ahead of time (for example
+ * `INSTALL httpfs` run once at image build, into the image's DuckDB extension directory); the
+ * sandbox only `LOAD`s it and never downloads. Without it, S3 grants fail closed with 501
+ * S3_UNSUPPORTED. Egress must be restricted to the object store endpoint (ADR 0002). The S3
+ * path is not exercised by this repository's tests.
+ */
+import { mkdtempSync, rmSync, statSync, accessSync, constants as fsConstants } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, isAbsolute } from 'node:path';
+import { DuckDBInstance, StatementType, type DuckDBConnection } from '@duckdb/node-api';
+import { TraceError } from '../core/errors.js';
+import { isGatedSql, type GatedSql } from './gate.js';
+import { toJsonValue, type JsonValue } from './values.js';
+
+export const ENGINE_LIMITS = {
+  /** `inline_row_limit` (operations.md): the clamp for `limit`. */
+  maxRows: 10_000,
+  /** `inline_byte_limit` (operations.md). */
+  maxBytes: 10 * 1024 * 1024,
+  /** `/v1/query` max runtime (operations.md); `/v1/task/query` passes 300 s. */
+  timeoutMs: 60_000,
+  memoryLimit: '1GB',
+  threads: 2,
+  maxTempDirectorySize: '4GB',
+  /** Most files one query may attach. */
+  maxFiles: 10_000,
+} as const;
+
+export interface QueryColumn {
+  name: string;
+  /** DuckDB type name, e.g. `BIGINT`, `DECIMAL(18,3)`, `STRUCT(a INTEGER)`. */
+  type: string;
+}
+
+export interface QueryResultSet {
+  columns: QueryColumn[];
+  rows: JsonValue[][];
+  truncated: boolean;
+}
+
+/** Files of one granted dataset version: absolute local paths or `s3://bucket/key` URLs. */
+export interface EngineGrant {
+  files: string[];
+}
+
+export interface S3Settings {
+  region?: string;
+  endpoint?: string;
+  accessKeyId?: string;
+  secretAccessKey?: string;
+  sessionToken?: string;
+  urlStyle?: 'path' | 'vhost';
+  useSsl?: boolean;
+}
+
+export interface SandboxOptions {
+  memoryLimit?: string;
+  threads?: number;
+  maxTempDirectorySize?: string;
+  /** Parent of the per-query spill directory; default /dev/shm when writable, else the OS tmpdir. */
+  tempRoot?: string;
+  s3?: S3Settings;
+}
+
+export interface RunQueryInput {
+  grant: EngineGrant;
+  /** Output of the SQL gate; raw strings are refused. */
+  sql: GatedSql;
+  limit?: number;
+  timeoutMs?: number;
+  maxBytes?: number;
+  sandbox?: SandboxOptions;
+}
+
+/** Clamps a requested row limit to [1, maxRows]; absent or non-finite means maxRows. */
+export function clampLimit(limit: number | undefined, maxRows: number = ENGINE_LIMITS.maxRows): number {
+  if (limit === undefined || !Number.isFinite(limit)) return maxRows;
+  return Math.min(maxRows, Math.max(1, Math.trunc(limit)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Error scrubbing and classification
+// ---------------------------------------------------------------------------------------------
+
+const URL_RE = /\b(?:s3|s3a|gcs|gs|r2|az|abfss|https?|file):\/\/[^\s"'`)\],]*/gi;
+const ABS_PATH_RE = /(^|[\s"'`([=,:])\/[^\s"'`)\],]*/g;
+
+/** Removes SQL echoes (`LINE n: ...` context) and replaces file paths and URLs with `<dataset>`. */
+export function scrubEngineMessage(message: string, files: readonly string[] = []): string {
+  let m = message;
+  const cut = m.search(/\n\s*LINE \d+:/);
+  if (cut >= 0) m = m.slice(0, cut);
+  for (const f of [...files].sort((a, b) => b.length - a.length)) if (f) m = m.split(f).join('<dataset>');
+  m = m.replace(URL_RE, '<dataset>').replace(ABS_PATH_RE, (_all, lead: string) => `${lead}<dataset>`);
+  m = m.replace(/\s+/g, ' ').trim();
+  return m.length > 500 ? `${m.slice(0, 500)}...` : m;
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** Maps a DuckDB error from the untrusted statement to a TraceError with a scrubbed message. */
+function classifyQueryError(e: unknown, files: readonly string[]): TraceError {
+  if (e instanceof TraceError) return e;
+  const raw = errorText(e);
+  const msg = scrubEngineMessage(raw, files);
+  const kind = /^([A-Za-z ]+?) Error:/.exec(raw)?.[1]?.trim().toLowerCase() ?? '';
+  if (kind === 'permission') return new TraceError(403, 'QUERY_SANDBOX_DENIED', `the query tried to reach something outside the dataset: ${msg}`);
+  if (kind === 'out of memory') return new TraceError(422, 'QUERY_RESOURCE_LIMIT', `the query exceeded its memory or spill budget: ${msg}`);
+  if (kind === 'io' || kind === 'http') return new TraceError(503, 'DATASET_UNAVAILABLE', `the dataset could not be read: ${msg}`);
+  if (['binder', 'parser', 'catalog', 'conversion', 'invalid input', 'out of range', 'not implemented', 'type mismatch', 'constraint', 'syntax', 'invalid type'].includes(kind)) {
+    return new TraceError(400, 'QUERY_INVALID', msg);
+  }
+  return new TraceError(500, 'QUERY_FAILED', `query failed: ${msg}`);
+}
+
+const timeoutError = (ms: number) =>
+  new TraceError(504, 'QUERY_TIMEOUT', `the query did not finish within ${ms >= 1000 ? `${ms / 1000} s` : `${ms} ms`}; narrow it (filters, LIMIT) or split the work`);
+
+// ---------------------------------------------------------------------------------------------
+// The sandbox
+// ---------------------------------------------------------------------------------------------
+
+const sqlString = (s: string) => `'${s.replace(/'/g, "''")}'`;
+const S3_URL_RE = /^s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\/[^\0\r\n]+$/;
+
+function checkFiles(files: readonly string[]): void {
+  if (!Array.isArray(files) || files.length === 0) throw new TraceError(500, 'QUERY_SANDBOX_FAILED', 'no files to attach');
+  if (files.length > ENGINE_LIMITS.maxFiles) throw new TraceError(422, 'DATASET_TOO_LARGE', `the dataset has more than ${ENGINE_LIMITS.maxFiles} files`);
+  for (const f of files) {
+    const ok = typeof f === 'string' && !/[\0\r\n]/.test(f) && (S3_URL_RE.test(f) || (isAbsolute(f) && f.startsWith('/') && !f.split('/').includes('..')));
+    if (!ok) throw new TraceError(500, 'QUERY_SANDBOX_FAILED', 'a granted file is not an absolute path or s3:// URL');
+  }
+}
+
+function defaultTempRoot(): string {
+  try {
+    if (statSync('/dev/shm').isDirectory()) {
+      accessSync('/dev/shm', fsConstants.W_OK);
+      return '/dev/shm';
+    }
+  } catch {
+    // fall through
+  }
+  return tmpdir();
+}
+
+export class QuerySandbox {
+  private closed = false;
+
+  private constructor(
+    private readonly instance: DuckDBInstance,
+    private readonly conn: DuckDBConnection,
+    private readonly tempDir: string,
+    readonly files: readonly string[],
+  ) {}
+
+  /**
+   * Opens a fresh instance, attaches `files` as the view `dataset` and locks everything down.
+   * Throws 500 QUERY_SANDBOX_FAILED if any hardening step fails, 501 S3_UNSUPPORTED for S3 files
+   * without httpfs, 503 DATASET_UNAVAILABLE / 500 DATASET_ATTACH_FAILED when the files cannot be
+   * attached.
+   */
+  static async open(grant: EngineGrant, opts: SandboxOptions = {}): Promise<QuerySandbox> {
+    const files = [...grant.files];
+    checkFiles(files);
+    const tempDir = mkdtempSync(join(opts.tempRoot ?? defaultTempRoot(), 'trace-query-'));
+    let instance: DuckDBInstance | undefined;
+    let conn: DuckDBConnection | undefined;
+    const fail = (what: string, e?: unknown): never => {
+      throw new TraceError(500, 'QUERY_SANDBOX_FAILED', `query sandbox setup failed (${what})`, e === undefined ? {} : { cause: e });
+    };
+    try {
+      try {
+        instance = await DuckDBInstance.create(':memory:', {
+          threads: String(opts.threads ?? ENGINE_LIMITS.threads),
+          memory_limit: opts.memoryLimit ?? ENGINE_LIMITS.memoryLimit,
+          temp_directory: tempDir,
+          max_temp_directory_size: opts.maxTempDirectorySize ?? ENGINE_LIMITS.maxTempDirectorySize,
+          autoinstall_known_extensions: 'false',
+          autoload_known_extensions: 'false',
+        });
+        conn = await instance.connect();
+      } catch (e) {
+        fail('open', e);
+      }
+      const c = conn!;
+      if (files.some((f) => f.startsWith('s3://'))) await attachS3(c, opts.s3 ?? {});
+      try {
+        await c.run(`CREATE TEMP VIEW dataset AS SELECT * FROM read_parquet([${files.map(sqlString).join(', ')}])`);
+      } catch (e) {
+        const msg = scrubEngineMessage(errorText(e), files);
+        if (/^(IO|HTTP) Error/.test(errorText(e))) throw new TraceError(503, 'DATASET_UNAVAILABLE', `the dataset could not be read: ${msg}`);
+        throw new TraceError(500, 'DATASET_ATTACH_FAILED', `the dataset could not be attached: ${msg}`);
+      }
+      await lockDown(c, files, tempDir).catch((e: unknown) => fail('lockdown', e));
+      return new QuerySandbox(instance!, c, tempDir, files);
+    } catch (e) {
+      try { conn?.closeSync(); } catch { /* ignore */ }
+      try { instance?.closeSync(); } catch { /* ignore */ }
+      rmSync(tempDir, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  /**
+   * The locked connection, for trusted code and sandbox tests only. Untrusted SQL goes through
+   * `execute` (or `runQuery`), never through this.
+   */
+  get connection(): DuckDBConnection {
+    return this.conn;
+  }
+
+  /** Interrupts the running statement, if any. */
+  interrupt(): void {
+    if (!this.closed) this.conn.interrupt();
+  }
+
+  /**
+   * Runs one statement on the locked instance. It must prepare as exactly one SELECT; it is
+   * wrapped in `SELECT * FROM (...) LIMIT limit + 1` and streamed until the row or byte cap.
+   * This does NOT run the SQL gate: callers pass gated SQL (runQuery enforces that).
+   */
+  async execute(sql: string, opts: { limit?: number; maxBytes?: number } = {}): Promise<QueryResultSet> {
+    if (this.closed) throw new TraceError(500, 'QUERY_SANDBOX_FAILED', 'the sandbox is closed');
+    const limit = clampLimit(opts.limit);
+    const maxBytes = opts.maxBytes ?? ENGINE_LIMITS.maxBytes;
+    try {
+      const own = await this.conn.extractStatements(sql);
+      if (own.count !== 1) throw new TraceError(400, 'SQL_REJECTED', 'SQL rejected (rule statement_count): exactly one SELECT statement is required', { extra: { rule: 'statement_count' } });
+      const ownPrepared = await own.prepare(0);
+      const kind = ownPrepared.statementType;
+      ownPrepared.destroySync();
+      if (kind !== StatementType.SELECT) throw new TraceError(400, 'SQL_REJECTED', 'SQL rejected (rule not_select): only SELECT statements run in the sandbox', { extra: { rule: 'not_select' } });
+
+      const wrapped = `SELECT * FROM (\n${sql}\n) AS trace_result LIMIT ${limit + 1}`;
+      const prepared = await this.conn.prepare(wrapped);
+      if (prepared.statementType !== StatementType.SELECT) throw new TraceError(400, 'SQL_REJECTED', 'SQL rejected (rule not_select): only SELECT statements run in the sandbox', { extra: { rule: 'not_select' } });
+      const result = await prepared.stream();
+      const columns: QueryColumn[] = [];
+      for (let i = 0; i < result.columnCount; i++) columns.push({ name: result.columnName(i), type: result.columnType(i).toString() });
+      const rows: JsonValue[][] = [];
+      let bytes = 2 + Buffer.byteLength(JSON.stringify(columns));
+      let truncated = false;
+      outer: for (;;) {
+        const chunk = await result.fetchChunk();
+        if (!chunk || chunk.rowCount === 0) break;
+        for (const raw of chunk.getRows()) {
+          if (rows.length >= limit) { truncated = true; break outer; }
+          const row = raw.map(toJsonValue);
+          const size = Buffer.byteLength(JSON.stringify(row)) + 1;
+          if (bytes + size > maxBytes) { truncated = true; break outer; }
+          bytes += size;
+          rows.push(row);
+        }
+      }
+      prepared.destroySync();
+      return { columns, rows, truncated };
+    } catch (e) {
+      throw classifyQueryError(e, this.files);
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try { this.conn.closeSync(); } catch { /* ignore */ }
+    try { this.instance.closeSync(); } catch { /* ignore */ }
+    rmSync(this.tempDir, { recursive: true, force: true });
+  }
+}
+
+async function attachS3(c: DuckDBConnection, s3: S3Settings): Promise<void> {
+  try {
+    await c.run('LOAD httpfs');
+  } catch {
+    throw new TraceError(
+      501,
+      'S3_UNSUPPORTED',
+      'this Query Service cannot read s3:// datasets: the DuckDB httpfs extension is not installed in its image (install it at image build time; it is never downloaded at runtime)',
+    );
+  }
+  const parts = ['TYPE s3'];
+  if (s3.accessKeyId) parts.push(`KEY_ID ${sqlString(s3.accessKeyId)}`);
+  if (s3.secretAccessKey) parts.push(`SECRET ${sqlString(s3.secretAccessKey)}`);
+  if (s3.sessionToken) parts.push(`SESSION_TOKEN ${sqlString(s3.sessionToken)}`);
+  if (s3.region) parts.push(`REGION ${sqlString(s3.region)}`);
+  if (s3.endpoint) parts.push(`ENDPOINT ${sqlString(s3.endpoint.replace(/^https?:\/\//, ''))}`);
+  if (s3.urlStyle) parts.push(`URL_STYLE ${sqlString(s3.urlStyle)}`);
+  if (s3.useSsl !== undefined) parts.push(`USE_SSL ${s3.useSsl ? 'true' : 'false'}`);
+  try {
+    await c.run(`CREATE TEMP SECRET trace_s3 (${parts.join(', ')})`);
+  } catch (e) {
+    throw new TraceError(500, 'QUERY_SANDBOX_FAILED', 'query sandbox setup failed (s3 credentials)', { cause: e });
+  }
+}
+
+/** The hardening sequence; then reads every setting back. Throws on any deviation. */
+async function lockDown(c: DuckDBConnection, files: readonly string[], tempDir: string): Promise<void> {
+  await c.run(`SET allowed_paths = [${files.map(sqlString).join(', ')}]`);
+  await c.run('SET enable_external_access = false');
+  await c.run('SET autoinstall_known_extensions = false');
+  await c.run('SET autoload_known_extensions = false');
+  await c.run('SET allow_community_extensions = false');
+  await c.run('SET lock_configuration = true');
+  const r = await c.runAndReadAll(`SELECT
+    current_setting('enable_external_access')::VARCHAR,
+    current_setting('autoinstall_known_extensions')::VARCHAR,
+    current_setting('autoload_known_extensions')::VARCHAR,
+    current_setting('lock_configuration')::VARCHAR,
+    len(current_setting('allowed_paths'))::INTEGER,
+    current_setting('allowed_directories')::VARCHAR[]`);
+  const [ext, inst, load, lock, nPaths, dirs] = r.getRowsJson()[0] ?? [];
+  const distinct = new Set(files).size;
+  // DuckDB itself adds the spill directory to allowed_directories; nothing else may be there.
+  const dirsOk = Array.isArray(dirs) && dirs.every((d) => d === tempDir || d === `${tempDir}/`);
+  if (ext !== 'false' || inst !== 'false' || load !== 'false' || lock !== 'true' || nPaths !== distinct || !dirsOk) {
+    throw new Error('sandbox settings did not take effect');
+  }
+  // The lock must hold: changing any option now has to fail.
+  let changed = true;
+  try {
+    await c.run('SET enable_external_access = true');
+  } catch {
+    changed = false;
+  }
+  if (changed) throw new Error('configuration lock did not hold');
+}
+
+// ---------------------------------------------------------------------------------------------
+// runQuery
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Runs gated SQL against one grant in a fresh sandbox, with the row clamp, byte cap and timeout.
+ * The timeout interrupts the running DuckDB statement (504 QUERY_TIMEOUT).
+ */
+export async function runQuery(input: RunQueryInput): Promise<QueryResultSet> {
+  if (!isGatedSql(input.sql)) throw new TraceError(500, 'SQL_NOT_GATED', 'refusing to run SQL that did not pass the SQL gate');
+  const timeoutMs = Math.max(1, input.timeoutMs ?? ENGINE_LIMITS.timeoutMs);
+  let timedOut = false;
+  let sandbox: QuerySandbox | undefined;
+  let rejectDeadline: (e: TraceError) => void = () => {};
+  const deadline = new Promise<never>((_, rej) => { rejectDeadline = rej; });
+  deadline.catch(() => {});
+  const timer = setTimeout(() => {
+    timedOut = true;
+    sandbox?.interrupt();
+    // If the engine does not yield to the interrupt promptly, answer anyway; cleanup follows.
+    setTimeout(() => rejectDeadline(timeoutError(timeoutMs)), 2_000).unref();
+  }, timeoutMs);
+  const work = (async () => {
+    try {
+      sandbox = await QuerySandbox.open(input.grant, input.sandbox);
+      if (timedOut) throw timeoutError(timeoutMs);
+      const opts: { limit?: number; maxBytes?: number } = {};
+      if (input.limit !== undefined) opts.limit = input.limit;
+      if (input.maxBytes !== undefined) opts.maxBytes = input.maxBytes;
+      return await sandbox.execute(input.sql.sql, opts);
+    } catch (e) {
+      if (timedOut) throw timeoutError(timeoutMs);
+      throw e;
+    } finally {
+      sandbox?.close();
+    }
+  })();
+  try {
+    return await Promise.race([work, deadline]);
+  } finally {
+    clearTimeout(timer);
+    work.catch(() => {});
+  }
+}
