@@ -9,7 +9,7 @@
  * Each `kid` is pinned to one algorithm (HS256 for shared secrets, ES256 for P-256 keys); keys
  * come from configuration or the configured task-JWKS URL, never from the token.
  */
-import { createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto';
+import { createHmac, createPublicKey, timingSafeEqual, type JsonWebKey, type KeyObject } from 'node:crypto';
 import { createRemoteJWKSet, jwtVerify, SignJWT, type JSONWebKeySet, type KeyInput } from 'jose';
 import { z } from 'zod';
 import { DEFAULTS, type TraceEnv } from '../core/config.js';
@@ -245,6 +245,36 @@ function checkCapabilityHeader(header: Record<string, unknown>): { alg: string; 
   return { alg, kid };
 }
 
+// HS256 with node:crypto directly: jose's WebCrypto path costs an async key import and a
+// thread-pool hop per call, which dominated the Dispatcher's CPU on the task hot path. The
+// header and claim checks around it are the same for both paths.
+const b64url = (b: Buffer | string) => Buffer.from(b).toString('base64url');
+
+function hs256Sign(header: Record<string, unknown>, payload: Record<string, unknown>, key: Uint8Array): string {
+  const input = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(payload))}`;
+  return `${input}.${createHmac('sha256', key).update(input).digest('base64url')}`;
+}
+
+function hs256Verify(jwt: string, key: Uint8Array, iss: string): Record<string, unknown> {
+  const dot = jwt.lastIndexOf('.');
+  const input = jwt.slice(0, dot);
+  const given = Buffer.from(jwt.slice(dot + 1), 'base64url');
+  const expected = createHmac('sha256', key).update(input).digest();
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) throw new Rejection('bad signature');
+  let payload: unknown;
+  try {
+    payload = JSON.parse(Buffer.from(input.slice(input.indexOf('.') + 1), 'base64url').toString('utf8'));
+  } catch {
+    throw new Rejection('malformed payload');
+  }
+  if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) throw new Rejection('malformed payload');
+  const p = payload as Record<string, unknown>;
+  for (const c of ['iss', 'aud', 'sub', 'exp', 'iat']) if (!(c in p)) throw new Rejection(`missing ${c}`);
+  if (p.iss !== iss) throw new Rejection('unexpected iss');
+  if (p.aud !== CAPABILITY_AUDIENCE && !(Array.isArray(p.aud) && p.aud.includes(CAPABILITY_AUDIENCE))) throw new Rejection('unexpected aud');
+  return p;
+}
+
 function makeVerifier(resolve: KeyResolver, iss: string, tuning: VerifierTuning): CapabilityVerifier {
   const tolerance = resolveClockTolerance(tuning.clockToleranceSeconds);
   const clock = tuning.clock ?? systemClock;
@@ -256,15 +286,20 @@ function makeVerifier(resolve: KeyResolver, iss: string, tuning: VerifierTuning)
         const { alg, kid } = checkCapabilityHeader(readHeader(jwt));
         const key = await resolve(kid, alg);
         const nowMs = clock();
-        const { payload } = await jwtVerify(jwt, key, {
-          algorithms: [alg],
-          issuer: iss,
-          audience: CAPABILITY_AUDIENCE,
-          clockTolerance: tolerance,
-          currentDate: new Date(nowMs),
-          requiredClaims: ['iss', 'aud', 'sub', 'exp', 'iat'],
-        });
-        const raw = payload as Record<string, unknown>;
+        let raw: Record<string, unknown>;
+        if (alg === 'HS256' && key instanceof Uint8Array) {
+          raw = hs256Verify(jwt, key, iss);
+        } else {
+          const { payload } = await jwtVerify(jwt, key, {
+            algorithms: [alg],
+            issuer: iss,
+            audience: CAPABILITY_AUDIENCE,
+            clockTolerance: tolerance,
+            currentDate: new Date(nowMs),
+            requiredClaims: ['iss', 'aud', 'sub', 'exp', 'iat'],
+          });
+          raw = payload as Record<string, unknown>;
+        }
         checkTimes(raw, Math.floor(nowMs / 1000), tolerance, true);
         const parsed = capabilityClaimsSchema.safeParse(raw);
         if (!parsed.success) {
@@ -364,6 +399,7 @@ export async function createCapabilityIssuer(keys: CapabilityKeyConfig, tuning: 
       };
       const c = capabilityClaimsSchema.safeParse(claims);
       if (!c.success) throw grantError(c.error.issues);
+      if (alg === 'HS256' && signingKey instanceof Uint8Array) return hs256Sign({ alg, kid, typ: CAPABILITY_TYP }, { ...c.data }, signingKey);
       return new SignJWT({ ...c.data }).setProtectedHeader({ alg, kid, typ: CAPABILITY_TYP }).sign(signingKey);
     },
     jwks() {

@@ -33,8 +33,8 @@ export async function runDispatcherProcess(penv: NodeJS.ProcessEnv, opts: { host
   const issuer = await createCapabilityIssuer(keyCfg!);
   const queue = new PgQueue(queueDb);
   const registry = operatorRegistry();
-  let url: string | undefined;
-  const executor = new InProcessExecutor({ dispatcherUrl: () => url, registry, log });
+  const self: { url?: string } = {};
+  const executor = new InProcessExecutor({ dispatcherUrl: () => self.url, registry, log });
   const d = new Dispatcher({
     state,
     queue,
@@ -50,10 +50,10 @@ export async function runDispatcherProcess(penv: NodeJS.ProcessEnv, opts: { host
     log,
   });
   await d.start({ host: opts.host ?? '127.0.0.1', port: opts.port ?? DEFAULT_PORTS.dispatcher });
-  url = d.url!;
-  log.info({ url }, 'dispatcher listening');
+  self.url = d.url!;
+  log.info({ url: self.url }, 'dispatcher listening');
   return {
-    url,
+    url: self.url,
     async stop() {
       await d.stop();
       await queue.close();

@@ -5,7 +5,7 @@ import { parseDag, yamlHash, jobConfigHash, lineageHashes, topoOrder, validateDa
 import type { DagSpec } from '../../src/dag/types.js';
 import { SPEC_EXAMPLE, WIDE_EXAMPLE, catalog, plain, traceErrorOf } from './fixtures.js';
 
-type Doc = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- tests edit documents freely
+type Doc = Record<string, any>; // tests edit documents freely
 
 const doc = (yaml = WIDE_EXAMPLE): Doc => plain(parseYamlSafely(yaml)) as Doc;
 const specOf = (d: Doc): DagSpec => validateDag(d, catalog);

@@ -6,7 +6,7 @@ import { parseDag } from '../../src/dag/index.js';
 import type { OperatorCatalog } from '../../src/dag/catalog-types.js';
 import { SPEC_EXAMPLE, WIDE_EXAMPLE, assertProblem, catalog, plain, problemsOf } from './fixtures.js';
 
-type Doc = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- tests edit documents freely
+type Doc = Record<string, any>; // tests edit documents freely
 
 const spec = (): Doc => plain(parseYamlSafely(SPEC_EXAMPLE)) as Doc;
 const wide = (): Doc => plain(parseYamlSafely(WIDE_EXAMPLE)) as Doc;

@@ -5,7 +5,7 @@ import { TraceError } from '../../core/errors.js';
 import { header, parseInput } from '../../core/http.js';
 import type { DispatcherContext } from '../service.js';
 import { heartbeatTask } from '../tasks/heartbeat.js';
-import { completeTask } from '../tasks/complete.js';
+import { completePlain, completeTask } from '../tasks/complete.js';
 import { lockFenced } from '../tasks/fence.js';
 import { recordEvents } from '../tasks/events.js';
 import { publishBuffer } from '../tasks/buffer-publish.js';
@@ -48,18 +48,18 @@ export function taskRoutes(app: FastifyInstance, ctx: DispatcherContext): void {
     const claims = await authorize(req);
     const body = parseInput(completeBody, req.body);
     bindTaskRequest(claims, body);
-    const r = await deps.state.tx((q) => completeTask(q, body, {
+    const completion = {
       status: body.status,
       events: body.events,
       outputs: body.outputs,
-      datasets_published: body.datasets_published.map((p) => ({ ...p, storage_ref: p.storage_ref })),
+      datasets_published: body.datasets_published,
       error_message: body.error_message,
       operator_state: body.operator_state,
-    }, (id) => ctx.jobs.require(id), ctx.retryDelayMs));
-    if (r.applied) {
-      ctx.kickOutbox();
-      req.log.info({ task_id: body.task_id, attempt: body.attempt, status: r.status }, 'task finished');
-    }
+    };
+    const r = (await completePlain(deps.state, body, completion))
+      ?? await deps.state.tx((q) => completeTask(q, body, completion, (id) => ctx.jobs.require(id), ctx.retryDelayMs));
+    if (r.woke) ctx.kickOutbox();
+    if (r.applied) req.log.info({ task_id: body.task_id, attempt: body.attempt, status: r.status }, 'task finished');
     return { ok: true, status: r.status, ...(r.retry_at ? { retry_at: r.retry_at.toISOString() } : {}) };
   });
 

@@ -37,6 +37,8 @@ export interface CompletionResult {
   applied: boolean;
   retry_at: Date | null;
   job_id: string;
+  /** true when the transition wrote outbox rows (routed events, freed concurrency slots). */
+  woke: boolean;
 }
 
 const INSERT_STATE = `
@@ -84,6 +86,31 @@ SELECT CASE WHEN j.runtime IN ('lambda', 'dispatcher') THEN 'invoke_task' ELSE '
 FROM (SELECT id, job_id FROM tasks WHERE job_id = $1 AND status = 'Queued' ORDER BY created_at LIMIT $2) t
 JOIN jobs j ON j.id = t.job_id`;
 
+// The common case in one statement: a live attempt completing with nothing else to commit
+// (no events, state, publications or input cursors, and no concurrency cap to wake). Anything
+// else, and every refusal, goes through the full transaction below.
+const COMPLETE_PLAIN = `
+WITH t AS (
+  UPDATE tasks SET status = 'Completed', completed_at = now(), outputs = $4::jsonb, error_message = NULL,
+         next_retry_at = NULL, timed_out_at = NULL, updated_at = now()
+  WHERE id = $1 AND attempt = $2 AND lease_token = $3 AND status = 'Running'
+    AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(inputs) e WHERE e ? 'cursor')
+    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = tasks.job_id AND j.scaling->'max_concurrency' IS NOT NULL)
+  RETURNING id, attempt, job_id
+), a AS (
+  UPDATE task_attempts SET status = 'Completed', finished_at = now(), error_message = NULL
+  FROM t WHERE task_attempts.task_id = t.id AND task_attempts.attempt = t.attempt
+)
+SELECT job_id FROM t`;
+
+/** Tries the one-statement completion; returns undefined when the full transition is needed. */
+export async function completePlain(q: Queryable, ref: TaskRef, c: Completion): Promise<CompletionResult | undefined> {
+  if (c.status !== 'Completed' || c.events.length > 0 || c.operator_state.length > 0 || c.datasets_published.length > 0) return undefined;
+  const r = await q.query<{ job_id: string }>(COMPLETE_PLAIN, [ref.task_id, ref.attempt, ref.lease_token, JSON.stringify(c.outputs)]);
+  const row = r.rows[0];
+  return row ? { status: 'Completed', applied: true, retry_at: null, job_id: row.job_id, woke: false } : undefined;
+}
+
 /**
  * The completion transition, fenced by `(task_id, attempt, lease_token)`. Operator state (CAS),
  * events, dataset publications, cursor advances and the status change commit together or not
@@ -98,14 +125,15 @@ export async function completeTask(
 ): Promise<CompletionResult> {
   const { task, mode } = await lockFenced(q, ref);
   if (mode === 'finished') {
-    if (task.status === c.status) return { status: task.status, applied: false, retry_at: task.next_retry_at, job_id: task.job_id };
+    if (task.status === c.status) return { status: task.status, applied: false, retry_at: task.next_retry_at, job_id: task.job_id, woke: false };
     if (task.status === 'Canceled') throw new TraceError(409, 'TASK_CANCELED', 'the task was canceled; its results are not committed');
     throw new TraceError(409, 'ALREADY_FINISHED', `this attempt already finished as ${task.status}`);
   }
   const job = await getJob(task.job_id);
 
-  let status: TaskStatus = c.status;
+  const status: TaskStatus = c.status;
   let retryAt: Date | null = null;
+  let woke = false;
   let error: string | null = c.error_message === null ? null : c.error_message.slice(0, 2000);
 
   if (c.status === 'Completed') {
@@ -117,7 +145,8 @@ export async function completeTask(
         throw new TraceError(409, 'STATE_CONFLICT', `operator_state[${i}] (${w.state_key}) changed since it was read; re-fetch and retry`);
       }
     }
-    await recordEvents(q, task, job, c.events);
+    const ev = await recordEvents(q, task, job, c.events);
+    woke = ev.routed > 0;
     const owned = new Set(job.outputs.map((o) => o.dataset_uuid));
     for (const [i, p] of c.datasets_published.entries()) {
       if (!owned.has(p.dataset_uuid)) {
@@ -146,6 +175,9 @@ export async function completeTask(
   await q.query(FINISH_TASK, [task.id, status, JSON.stringify(c.outputs), error, retryAt]);
   await q.query(FINISH_ATTEMPT, [task.id, task.attempt, status, error]);
   const cap = job.scaling?.max_concurrency;
-  if (cap !== undefined && mode === 'live') await q.query(WAKE_THROTTLED, [task.job_id, cap]);
-  return { status, applied: true, retry_at: retryAt, job_id: task.job_id };
+  if (cap !== undefined && mode === 'live') {
+    await q.query(WAKE_THROTTLED, [task.job_id, cap]);
+    woke = true;
+  }
+  return { status, applied: true, retry_at: retryAt, job_id: task.job_id, woke };
 }
