@@ -1,0 +1,304 @@
+import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import { z } from 'zod';
+import { TraceError, badRequest, formatPath, isTraceError, notFound } from '../core/errors.js';
+import { DEFAULTS, DEFAULT_PORTS, readEnv } from '../core/config.js';
+import { createLogger, type Logger } from '../core/log.js';
+import { classifyRpcError, isJsonRpcResponse, jsonRpcRequestSchema } from '../chain/jsonrpc.js';
+import { Limiter } from './limiter.js';
+import { DEFAULT_HEALTH, type HealthPolicy, type Provider, ProviderPool, parseRetryAfter } from './providers.js';
+
+/**
+ * RPC egress gateway: the only path from workers to chain RPC providers. Workers POST a
+ * JSON-RPC request or batch to `/rpc/{pool}`; the gateway forwards it to one provider of the
+ * named pool, failing over on connect errors, timeouts, 5xx, 429 (or a JSON-RPC rate-limit
+ * error), 401/403 and non-JSON answers. Provider URLs (and the keys inside them) stay in
+ * this process: logs and errors name a provider as `<index>:<host>`.
+ */
+
+export interface RpcGatewayOptions {
+  /** Pool name -> provider URLs (`readEnv().rpcPools`). */
+  pools: Record<string, readonly string[]>;
+  /** Per upstream attempt, including reading the body. Default 30 s. */
+  timeoutMs?: number;
+  /** Upstream requests in flight per pool. Default 32. */
+  concurrencyPerPool?: number;
+  /** Requests allowed to wait for a slot per pool before answering 429. Default 1024. */
+  maxQueuePerPool?: number;
+  /** How long a request may wait for a slot. Default `timeoutMs`. */
+  queueWaitMs?: number;
+  /** Request body cap. Default `DEFAULTS.maxBodyBytes` (1 MiB). */
+  bodyLimitBytes?: number;
+  /** Upstream response cap. Default 64 MiB. */
+  maxResponseBytes?: number;
+  /** Items allowed in one JSON-RPC batch. Default 1000. */
+  maxBatchItems?: number;
+  health?: Partial<HealthPolicy>;
+  log?: Logger;
+}
+
+export const POOL_NAME_RE = /^[a-z0-9_]{1,64}$/;
+
+const DEFAULTS_GW = {
+  timeoutMs: 30_000,
+  concurrencyPerPool: 32,
+  maxQueuePerPool: 1024,
+  maxResponseBytes: 64 * 1024 * 1024,
+  maxBatchItems: 1000,
+} as const;
+
+type FailureKind = 'connect' | 'timeout' | 'rate_limited' | 'http_5xx' | 'http_auth' | 'bad_response';
+
+interface Forwarded {
+  status: number;
+  text: string;
+  provider: Provider;
+  attempts: number;
+}
+
+interface PoolRuntime {
+  pool: ProviderPool;
+  limiter: Limiter;
+}
+
+class UpstreamFailure extends Error {
+  constructor(
+    readonly kind: FailureKind,
+    readonly retryAfterMs?: number,
+  ) {
+    super(kind);
+  }
+}
+
+class ResponseTooLarge extends Error {}
+
+function classifyFetchError(e: unknown): FailureKind {
+  if (e instanceof UpstreamFailure) return e.kind;
+  const name = (e as { name?: string } | null)?.name;
+  if (name === 'TimeoutError' || name === 'AbortError') return 'timeout';
+  const cause = (e as { cause?: { code?: string; name?: string } } | null)?.cause;
+  if (cause?.name === 'TimeoutError' || cause?.code === 'UND_ERR_HEADERS_TIMEOUT' || cause?.code === 'UND_ERR_BODY_TIMEOUT') {
+    return 'timeout';
+  }
+  return 'connect';
+}
+
+async function readCapped(res: Response, max: number): Promise<string> {
+  const declared = Number(res.headers.get('content-length') ?? NaN);
+  if (Number.isFinite(declared) && declared > max) {
+    await res.body?.cancel().catch(() => undefined);
+    throw new ResponseTooLarge();
+  }
+  if (!res.body) return '';
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > max) {
+      await reader.cancel().catch(() => undefined);
+      throw new ResponseTooLarge();
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+const looksLikeJson = (text: string): boolean => /^\s*[[{]/.test(text);
+
+/**
+ * Some providers answer a rate limit with HTTP 200 and a JSON-RPC error (-32005, "limit
+ * exceeded"); another key of the pool may still have capacity. Only small single answers
+ * are inspected (errors are short; results are not parsed).
+ */
+function isRateLimitAnswer(text: string): boolean {
+  if (text.length > 4096 || !/^\s*\{/.test(text)) return false;
+  try {
+    const v: unknown = JSON.parse(text);
+    return isJsonRpcResponse(v) && v.error !== undefined && classifyRpcError(v.error) === 'rate_limited';
+  } catch {
+    return false;
+  }
+}
+
+function summarise(body: unknown): { methods: string[]; batch: number } {
+  const items = Array.isArray(body) ? body : [body];
+  const methods = [...new Set(items.map((i) => String((i as { method?: unknown }).method)))].slice(0, 5);
+  return { methods, batch: items.length };
+}
+
+function validateBody(body: unknown, maxBatchItems: number): void {
+  const problems: Array<{ path: string; message: string }> = [];
+  const check = (item: unknown, prefix: Array<string | number>) => {
+    const r = jsonRpcRequestSchema.safeParse(item);
+    if (!r.success) {
+      for (const issue of r.error.issues) problems.push({ path: formatPath([...prefix, ...issue.path]), message: issue.message });
+    }
+  };
+  if (Array.isArray(body)) {
+    if (body.length === 0) throw badRequest('empty JSON-RPC batch', 'RPC_INVALID_REQUEST');
+    if (body.length > maxBatchItems) {
+      throw new TraceError(413, 'RPC_BATCH_TOO_LARGE', `a JSON-RPC batch may hold at most ${maxBatchItems} requests`);
+    }
+    body.forEach((item, i) => check(item, [i]));
+  } else if (body !== null && typeof body === 'object') {
+    check(body, []);
+  } else {
+    throw badRequest('body must be a JSON-RPC request object or batch array', 'RPC_INVALID_REQUEST');
+  }
+  if (problems.length > 0) throw badRequest('invalid JSON-RPC request', 'RPC_INVALID_REQUEST', problems.slice(0, 20));
+}
+
+export function buildRpcGateway(opts: RpcGatewayOptions): FastifyInstance {
+  const timeoutMs = opts.timeoutMs ?? DEFAULTS_GW.timeoutMs;
+  const maxResponseBytes = opts.maxResponseBytes ?? DEFAULTS_GW.maxResponseBytes;
+  const maxBatchItems = opts.maxBatchItems ?? DEFAULTS_GW.maxBatchItems;
+  const queueWaitMs = opts.queueWaitMs ?? timeoutMs;
+  const health: HealthPolicy = { ...DEFAULT_HEALTH, ...opts.health };
+  const log = opts.log ?? createLogger('rpc-gateway');
+
+  const pools = new Map<string, PoolRuntime>();
+  for (const [rawName, urls] of Object.entries(opts.pools)) {
+    const name = rawName.toLowerCase();
+    if (!POOL_NAME_RE.test(name)) throw new TraceError(500, 'RPC_POOL_CONFIG_INVALID', 'pool names must match ^[a-z0-9_]{1,64}$');
+    pools.set(name, {
+      pool: new ProviderPool(name, urls, health),
+      limiter: new Limiter(opts.concurrencyPerPool ?? DEFAULTS_GW.concurrencyPerPool, opts.maxQueuePerPool ?? DEFAULTS_GW.maxQueuePerPool),
+    });
+  }
+
+  const app = Fastify({
+    logger: false, // our own request log below never carries provider URLs
+    bodyLimit: opts.bodyLimitBytes ?? DEFAULTS.maxBodyBytes,
+  });
+
+  app.setErrorHandler((err: FastifyError | TraceError, _req, reply) => {
+    if (isTraceError(err)) return reply.code(err.status).send(err.toJSON());
+    const status = err.statusCode ?? 500;
+    if (status === 413) return reply.code(413).send({ error: 'request body too large', code: 'PAYLOAD_TOO_LARGE' });
+    if (status === 415) return reply.code(415).send({ error: 'content type must be application/json', code: 'UNSUPPORTED_MEDIA_TYPE' });
+    if (status >= 400 && status < 500) return reply.code(400).send({ error: 'malformed request body', code: 'BAD_REQUEST' });
+    log.error({ err: { name: err.name, code: err.code } }, 'rpc gateway internal error');
+    return reply.code(500).send({ error: 'internal error', code: 'INTERNAL' });
+  });
+  app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: 'not found', code: 'NOT_FOUND' }));
+
+  async function attempt(p: Provider, body: string): Promise<{ status: number; text: string }> {
+    const res = await fetch(p.url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'application/json' },
+      body,
+      redirect: 'manual',
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    if (res.status === 429) {
+      await res.body?.cancel().catch(() => undefined);
+      throw new UpstreamFailure('rate_limited', parseRetryAfter(res.headers.get('retry-after')));
+    }
+    if (res.status >= 500 || (res.status >= 300 && res.status < 400)) {
+      await res.body?.cancel().catch(() => undefined);
+      throw new UpstreamFailure('http_5xx');
+    }
+    if (res.status === 401 || res.status === 403) {
+      await res.body?.cancel().catch(() => undefined);
+      throw new UpstreamFailure('http_auth');
+    }
+    const text = await readCapped(res, maxResponseBytes);
+    if (!looksLikeJson(text)) throw new UpstreamFailure('bad_response');
+    if (isRateLimitAnswer(text)) throw new UpstreamFailure('rate_limited');
+    return { status: res.status, text };
+  }
+
+  async function forward(rt: PoolRuntime, body: string, ctx: Record<string, unknown>): Promise<Forwarded> {
+    const kinds: FailureKind[] = [];
+    let attempts = 0;
+    for (const p of rt.pool.order()) {
+      attempts++;
+      try {
+        const r = await attempt(p, body);
+        rt.pool.markSuccess(p);
+        return { ...r, provider: p, attempts };
+      } catch (e) {
+        if (e instanceof ResponseTooLarge) {
+          throw new TraceError(502, 'RPC_RESPONSE_TOO_LARGE', `the upstream response exceeded ${maxResponseBytes} bytes`);
+        }
+        const kind = classifyFetchError(e);
+        kinds.push(kind);
+        rt.pool.markFailure(p, e instanceof UpstreamFailure ? e.retryAfterMs : undefined);
+        log.warn({ ...ctx, provider: p.label, reason: kind, attempt: attempts }, 'rpc provider failed; trying the next one');
+      }
+    }
+    if (kinds.every((k) => k === 'rate_limited')) {
+      throw new TraceError(429, 'RPC_UPSTREAM_RATE_LIMITED', 'every provider of the pool is rate limiting');
+    }
+    if (kinds[kinds.length - 1] === 'timeout') {
+      throw new TraceError(504, 'RPC_UPSTREAM_TIMEOUT', 'the RPC providers of the pool timed out');
+    }
+    throw new TraceError(502, 'RPC_UPSTREAM_UNAVAILABLE', 'no RPC provider of the pool answered');
+  }
+
+  app.post<{ Params: { pool: string } }>('/rpc/:pool', async (req, reply) => {
+    const name = req.params.pool.toLowerCase();
+    const rt = POOL_NAME_RE.test(name) ? pools.get(name) : undefined;
+    if (!rt) throw notFound('unknown RPC pool', 'RPC_POOL_NOT_FOUND');
+    validateBody(req.body, maxBatchItems);
+    const { methods, batch } = summarise(req.body);
+    const ctx = { pool: name, methods, batch };
+    const started = Date.now();
+    const release = await rt.limiter.acquire(queueWaitMs).catch((e: unknown) => {
+      log.warn({ ...ctx, reason: 'pool_busy' }, 'rpc request rejected');
+      throw e;
+    });
+    try {
+      const out = await forward(rt, JSON.stringify(req.body), ctx);
+      log.info({ ...ctx, provider: out.provider.label, attempts: out.attempts, status: out.status, ms: Date.now() - started }, 'rpc request');
+      return reply
+        .code(out.status)
+        .header('content-type', 'application/json; charset=utf-8')
+        .header('x-trace-rpc-provider', String(out.provider.index))
+        .send(out.text);
+    } catch (e) {
+      const code = isTraceError(e) ? e.code : 'INTERNAL';
+      log.warn({ ...ctx, code, ms: Date.now() - started }, 'rpc request failed');
+      throw e;
+    } finally {
+      release();
+    }
+  });
+
+  app.get('/healthz', async () => ({ status: 'ok' }));
+
+  app.get('/v1/pools', async () => ({
+    pools: [...pools.values()]
+      .map((rt) => ({ name: rt.pool.name, providers: rt.pool.providers.length }))
+      .sort((a, b) => a.name.localeCompare(b.name)),
+  }));
+
+  return app;
+}
+
+const startOptionsSchema = z.object({
+  host: z.string().min(1).default('127.0.0.1'),
+  port: z.number().int().min(0).max(65535).default(DEFAULT_PORTS.rpcGateway),
+});
+
+export interface StartedRpcGateway {
+  app: FastifyInstance;
+  /** Base URL, e.g. `http://127.0.0.1:8083`; workers call `${url}/rpc/{pool}`. */
+  url: string;
+  close(): Promise<void>;
+}
+
+/** Builds and listens (127.0.0.1:8083 by default). Pools default to `TRACE_RPC_POOL_<NAME>_URL`. */
+export async function startRpcGateway(
+  opts: Partial<RpcGatewayOptions> & { host?: string; port?: number } = {},
+): Promise<StartedRpcGateway> {
+  const { host, port } = startOptionsSchema.parse({ host: opts.host, port: opts.port });
+  const app = buildRpcGateway({ ...opts, pools: opts.pools ?? readEnv().rpcPools });
+  await app.listen({ host, port });
+  const addr = app.server.address();
+  const boundPort = typeof addr === 'object' && addr ? addr.port : port;
+  const shownHost = host.includes(':') ? `[${host}]` : host;
+  return { app, url: `http://${shownHost}:${boundPort}`, close: () => app.close() };
+}
