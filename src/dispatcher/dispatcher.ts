@@ -12,6 +12,17 @@ import { userRoutes } from './http/user-routes.js';
 import { adminRoutes } from './http/admin-routes.js';
 
 /**
+ * An optional part of the Dispatcher (chain sync planning, bundles, ...): routes mounted beside
+ * the core ones and background loops started and stopped with the core loops.
+ */
+export interface DispatcherPlugin {
+  name: string;
+  routes?(app: FastifyInstance, ctx: DispatcherContext): void;
+  /** Each loop step returns true when it should run again at once. */
+  loops?(ctx: DispatcherContext): Array<{ name: string; intervalMs: number; step(): Promise<boolean> }>;
+}
+
+/**
  * One Dispatcher: the HTTP routes plus the loops that make the system restartable (outbox
  * drain, retry scheduler, lease reaper) and the cron source scheduler. Stateless: everything
  * durable is in Postgres state, so a restart resumes where the last process stopped.
@@ -24,7 +35,7 @@ export class Dispatcher {
   private unkick: (() => void) | undefined;
   url: string | undefined;
 
-  constructor(deps: DispatcherDeps, extraRoutes: Array<(app: FastifyInstance, ctx: DispatcherContext) => void> = []) {
+  constructor(deps: DispatcherDeps, extraRoutes: Array<(app: FastifyInstance, ctx: DispatcherContext) => void> = [], private readonly plugins: DispatcherPlugin[] = []) {
     this.ctx = new DispatcherContext(deps);
     this.app = createHttpServer({ log: deps.log, name: 'dispatcher' });
     this.app.get('/healthz', async () => ({ ok: true }));
@@ -33,6 +44,7 @@ export class Dispatcher {
     userRoutes(this.app, this.ctx);
     adminRoutes(this.app, this.ctx);
     for (const r of extraRoutes) r(this.app, this.ctx);
+    for (const p of plugins) p.routes?.(this.app, this.ctx);
     const s = deps.settings;
     this.drainer = new OutboxDrainer({
       db: deps.state,
@@ -70,6 +82,9 @@ export class Dispatcher {
         return n >= 100;
       }, Math.min(s.loopIntervalMs, 1000), log);
       this.loops = [outbox, retry, reaper, cron];
+      for (const p of this.plugins) {
+        for (const l of p.loops?.(this.ctx) ?? []) this.loops.push(new Loop(`${p.name}:${l.name}`, l.step, l.intervalMs, log));
+      }
       this.unkick = this.ctx.onKick(() => outbox.kick());
       for (const l of this.loops) l.start();
     }
