@@ -41,7 +41,7 @@ async function trace(): Promise<{ tps: number; p50: number; p99: number }> {
     if (dep.status !== 201) throw new Error(`deploy failed: ${await dep.text()}`);
     const jobId = (await state.query<{ id: string }>(`SELECT id FROM jobs WHERE name = 'work'`)).rows[0]!.id;
     for (let i = 0; i < WORKERS; i++) {
-      children.push(spawnJsonChild(process.execPath, [`${ROOT}bin/trace.mjs`, 'worker', '--concurrency', String(CONCURRENCY), '--worker-id', `bench-${i}`], {
+      children.push(spawnJsonChild(process.execPath, [...(process.env.BENCH_WORKER_NODE_ARGS ?? '').split(' ').filter(Boolean), `${ROOT}bin/trace.mjs`, 'worker', '--concurrency', String(CONCURRENCY), '--worker-id', `bench-${i}`], {
         PATH: process.env.PATH, TRACE_LOG_LEVEL: 'warn',
         TRACE_DISPATCHER_URL: url, TRACE_WORKER_TOKEN: TEST_SECRETS.worker, TRACE_QUEUE_DATABASE_URL: s.url,
       }, () => undefined));

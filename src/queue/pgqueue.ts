@@ -147,6 +147,10 @@ FROM queue_messages WHERE queue = $1::text AND visible_at > now()`;
 
 const ACK_SQL = `DELETE FROM queue_messages WHERE id = $1::bigint AND receipt = $2::uuid AND queue = $3::text`;
 
+const ACK_BATCH_SQL = `
+DELETE FROM queue_messages m USING unnest($1::bigint[], $2::uuid[]) AS r(id, receipt)
+WHERE m.id = r.id AND m.receipt = r.receipt AND m.queue = $3::text`;
+
 const CHANGE_VISIBILITY_SQL = `
 UPDATE queue_messages SET visible_at = now() + make_interval(secs => $4::float8)
 WHERE id = $1::bigint AND receipt = $2::uuid AND queue = $3::text`;
@@ -342,6 +346,13 @@ export class PgQueue implements Queue {
     checkQueueName(queue);
     const r = parseReceipt(receipt);
     await this.db.query(ACK_SQL, [r.id, r.uuid, queue]);
+  }
+
+  async ackBatch(queue: string, receipts: string[]): Promise<void> {
+    checkQueueName(queue);
+    if (receipts.length === 0) return;
+    const parsed = receipts.map(parseReceipt);
+    await this.db.query(ACK_BATCH_SQL, [parsed.map((r) => r.id), parsed.map((r) => r.uuid), queue]);
   }
 
   /** Hides the message for `seconds` from now; a stale receipt changes nothing. */

@@ -37,6 +37,8 @@ export interface Queue {
   receive<T = unknown>(queue: string, opts?: ReceiveOptions): Promise<Array<ReceivedMessage<T>>>;
   /** Deletes the message; a stale receipt (message re-received by someone else) is a no-op. */
   ack(queue: string, receipt: string): Promise<void>;
+  /** Acks several messages in one call (same semantics as `ack` for each). */
+  ackBatch(queue: string, receipts: string[]): Promise<void>;
   changeVisibility(queue: string, receipt: string, seconds: number): Promise<void>;
   /** Messages received more than `maxReceives` times are moved to the dead-letter store on their next receive. */
   setMaxReceives(queue: string, maxReceives: number): void;

@@ -211,6 +211,13 @@ export class SqsQueue implements Queue {
     }
   }
 
+  async ackBatch(queue: string, receipts: string[]): Promise<void> {
+    // DeleteMessageBatch takes at most 10 entries; a per-entry failure is a stale receipt (no-op).
+    for (let i = 0; i < receipts.length; i += 10) {
+      await Promise.all(receipts.slice(i, i + 10).map((r) => this.ack(queue, r)));
+    }
+  }
+
   /** A receipt whose message is no longer in flight (or whose handle expired) changes nothing. */
   async changeVisibility(queue: string, receipt: string, seconds: number): Promise<void> {
     const QueueUrl = this.url(queue);

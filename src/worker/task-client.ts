@@ -12,6 +12,7 @@
  * Dispatcher side (a repeated completion is a no-op, events are deduplicated), so retrying a
  * request whose answer was lost is safe.
  */
+import { HttpTransportError, httpRequest, type HttpResult } from '../core/http-client.js';
 import { z } from 'zod';
 import { TraceError } from '../core/errors.js';
 import { backoffDelayMs, type BackoffPolicy } from '../core/backoff.js';
@@ -21,7 +22,6 @@ import type {
   CompleteBody,
   FetchResponse,
   TaskEvent,
-  TaskPayload,
   TaskRef,
 } from './payload.js';
 
@@ -223,30 +223,24 @@ export class TaskClient implements WorkerTaskApi {
     let lastError: TaskApiError | undefined;
     for (let tryNo = 0; tryNo <= this.#retries; tryNo++) {
       if (tryNo > 0) await sleep(backoffDelayMs(this.#backoff, tryNo - 1));
-      let res: Response;
+      let res: HttpResult;
       try {
-        res = await fetch(this.baseUrl + route, {
+        res = await httpRequest(this.baseUrl + route, {
           method,
           headers,
           ...(payload === undefined ? {} : { body: payload }),
-          signal: AbortSignal.timeout(this.#timeoutMs),
+          timeoutMs: this.#timeoutMs,
         });
       } catch (e) {
-        const timedOut = e instanceof Error && (e.name === 'TimeoutError' || e.name === 'AbortError');
+        const timedOut = e instanceof HttpTransportError && e.timedOut;
         lastError = timedOut
           ? new TaskApiError(504, 'DISPATCHER_TIMEOUT', `no answer from the Dispatcher on ${path} within ${this.#timeoutMs} ms`, path, { transient: true })
           : new TaskApiError(503, 'DISPATCHER_UNREACHABLE', `cannot reach the Dispatcher on ${path}: ${transportReason(e)}`, path, { transient: true, cause: e });
         continue;
       }
-      let text: string;
-      try {
-        text = await res.text();
-      } catch (e) {
-        lastError = new TaskApiError(503, 'DISPATCHER_UNREACHABLE', `connection lost while reading ${path}`, path, { transient: true, cause: e });
-        continue;
-      }
+      const text = res.text;
       const json = parseJson(text);
-      if (res.ok) {
+      if (res.status >= 200 && res.status < 300) {
         if (json === undefined) throw new TaskApiError(502, 'BAD_DISPATCHER_RESPONSE', `non-JSON response from ${path}`, path);
         return json;
       }
@@ -278,6 +272,7 @@ function errorFrom(status: number, json: unknown, path: string): TaskApiError {
 }
 
 function transportReason(e: unknown): string {
+  if (e instanceof HttpTransportError) return e.code === 'TRANSPORT_ERROR' ? e.message : e.code;
   const cause = e instanceof Error ? (e.cause as { code?: unknown } | undefined) : undefined;
   if (cause && typeof cause.code === 'string') return cause.code;
   return e instanceof Error ? e.message : 'transport error';

@@ -84,12 +84,24 @@ export function startWorker(opts: WorkerOptions): WorkerHandle {
     w?.();
   };
 
-  async function ack(m: ReceivedMessage<unknown>, log2: Logger) {
+  // Acks are coalesced for a few milliseconds into one batch: one round trip for many tasks.
+  let pendingAcks: string[] = [];
+  let ackFlush: Promise<void> | undefined;
+  async function flushAcks(): Promise<void> {
+    await new Promise((r) => setTimeout(r, 2));
+    const batch = pendingAcks;
+    pendingAcks = [];
+    ackFlush = undefined;
     try {
-      await queue.ack(queueName, m.receipt);
+      await queue.ackBatch(queueName, batch);
     } catch (e) {
-      log2.warn({ err: e instanceof Error ? e.message : String(e) }, 'queue ack failed; the wake-up will be redelivered (harmless)');
+      log.warn({ err: e instanceof Error ? e.message : String(e), count: batch.length }, 'queue ack failed; the wake-ups will be redelivered (harmless)');
     }
+  }
+  async function ack(m: ReceivedMessage<unknown>, _log2: Logger) {
+    pendingAcks.push(m.receipt);
+    ackFlush ??= flushAcks();
+    await ackFlush;
   }
 
   async function handle(m: ReceivedMessage<unknown>): Promise<void> {
