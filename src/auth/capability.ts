@@ -438,3 +438,30 @@ export function capabilityKeyConfigFromEnv(env: TraceEnv, issuer?: string): Hs25
   }
   return cfg;
 }
+
+/**
+ * ES256 key configuration for the AWS profile: `TRACE_TASK_CAPABILITY_ES256_PRIVATE_KEY` (PEM or
+ * JWK JSON of the signing key, with optional `TRACE_TASK_CAPABILITY_KID`) and
+ * `TRACE_TASK_CAPABILITY_ES256_NEXT_PUBLIC_KEY` (PEM or JWK JSON, published ahead of rotation,
+ * with `TRACE_TASK_CAPABILITY_NEXT_KID`). Undefined when no ES256 key is set. HS256 and ES256
+ * settings together are refused: one deployment signs with one algorithm.
+ */
+export function es256KeyConfigFromEnv(penv: NodeJS.ProcessEnv, issuer?: string): Es256KeyConfig | undefined {
+  const priv = penv.TRACE_TASK_CAPABILITY_ES256_PRIVATE_KEY?.trim();
+  const nextPub = penv.TRACE_TASK_CAPABILITY_ES256_NEXT_PUBLIC_KEY?.trim();
+  if (!priv) {
+    if (nextPub) throw new TypeError('TRACE_TASK_CAPABILITY_ES256_NEXT_PUBLIC_KEY needs TRACE_TASK_CAPABILITY_ES256_PRIVATE_KEY');
+    return undefined;
+  }
+  if (penv.TRACE_TASK_CAPABILITY_SECRET) throw new TypeError('set either TRACE_TASK_CAPABILITY_SECRET (HS256) or TRACE_TASK_CAPABILITY_ES256_PRIVATE_KEY (ES256), not both');
+  const parse = (v: string) => (v.startsWith('{') ? (JSON.parse(v) as Record<string, unknown>) : v);
+  const kid = penv.TRACE_TASK_CAPABILITY_KID?.trim();
+  const nextKid = penv.TRACE_TASK_CAPABILITY_NEXT_KID?.trim();
+  const cfg: Es256KeyConfig = {
+    alg: 'ES256',
+    current: { privateKey: parse(priv), ...(kid ? { kid } : {}) } as EcKeyInput,
+  };
+  if (nextPub) cfg.next = { publicKey: parse(nextPub), ...(nextKid ? { kid: nextKid } : {}) } as EcKeyInput;
+  if (issuer !== undefined) cfg.issuer = issuer;
+  return cfg;
+}

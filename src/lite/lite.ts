@@ -4,7 +4,7 @@ import { createLogger, type Logger } from '../core/log.js';
 import { openDatabases, type Databases } from '../db/open.js';
 import { migrate } from '../db/migrate.js';
 import { PgQueue } from '../queue/pgqueue.js';
-import { createCapabilityIssuer, capabilityKeyConfigFromEnv } from '../auth/capability.js';
+import { createCapabilityIssuer, capabilityKeyConfigFromEnv, es256KeyConfigFromEnv } from '../auth/capability.js';
 import { createUserVerifier, mintDevUserToken, userVerifierConfigFromEnv } from '../auth/user.js';
 import { operatorCatalog, operatorRegistry } from '../operators/registry.js';
 import { Dispatcher } from '../dispatcher/dispatcher.js';
@@ -76,7 +76,7 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
     const { org_id } = await bootstrapDeployment(dbs.state, { adminSub: ADMIN_SUB });
     const secrets = await loadOrCreateSecrets(home);
     const workerToken = env.workerToken ?? secrets.worker_token;
-    const keyCfg = capabilityKeyConfigFromEnv(env) ?? { alg: 'HS256' as const, current: { kid: secrets.task_capability_kid, secret: secrets.task_capability_secret } };
+    const keyCfg = es256KeyConfigFromEnv(opts.env ?? process.env) ?? capabilityKeyConfigFromEnv(env) ?? { alg: 'HS256' as const, current: { kid: secrets.task_capability_kid, secret: secrets.task_capability_secret } };
     const issuer = await createCapabilityIssuer(keyCfg);
     const userCfg = userVerifierConfigFromEnv(env) ?? { mode: 'dev' as const, secret: secrets.user_jwt_secret };
     const userVerifier = createUserVerifier(userCfg);
@@ -84,8 +84,8 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
     const registryOpts = { includeTestOperators: opts.includeTestOperators ?? false };
     const registry = operatorRegistry(registryOpts);
     const host = opts.host ?? '127.0.0.1';
-    let dispatcherUrl: string | undefined;
-    const executor = new InProcessExecutor({ dispatcherUrl: () => dispatcherUrl, registry, log });
+    const self: { url?: string } = {};
+    const executor = new InProcessExecutor({ dispatcherUrl: () => self.url, registry, log });
     const dispatcher = new Dispatcher({
       state: dbs.state,
       queue,
@@ -102,7 +102,8 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
       log: log.child({ component: 'dispatcher' }),
     });
     await dispatcher.start({ host, port: opts.ports?.dispatcher ?? DEFAULT_PORTS.dispatcher });
-    dispatcherUrl = dispatcher.url!;
+    const dispatcherUrl = dispatcher.url!;
+    self.url = dispatcherUrl;
 
     const workers: WorkerHandle[] = [];
     const client = new TaskClient({ baseUrl: dispatcherUrl, workerToken });

@@ -48,6 +48,7 @@ export async function startPlatform(backend: 'postgres' | 'pglite', opts: Partia
     includeTestOperators: true,
     heartbeatMs: 300,
     ...opts,
+    env: { ...env, ...opts.env },
     settings: { ...FAST, ...opts.settings },
   });
   const url = lite.info.dispatcher_url;
