@@ -42,7 +42,6 @@ export async function startPlatform(backend: 'postgres' | 'pglite', opts: Partia
   }
   const lite = await startLite({
     home,
-    env,
     workers: 1,
     ports: { dispatcher: 0, query: 0, gateway: 0, rpcGateway: 0 },
     includeTestOperators: true,
