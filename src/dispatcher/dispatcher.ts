@@ -5,7 +5,7 @@ import { OutboxDrainer } from './outbox.js';
 import { Loop } from './loops.js';
 import { retryDueTasks } from './tasks/retry.js';
 import { reapExpiredLeases, requeueStaleTasks } from './tasks/reap.js';
-import { fireDueSchedules } from './sources.js';
+import { ensureAlwaysOnSources, fireDueSchedules } from './sources.js';
 import { workerRoutes } from './http/worker-routes.js';
 import { taskRoutes } from './http/task-routes.js';
 import { userRoutes } from './http/user-routes.js';
@@ -78,7 +78,8 @@ export class Dispatcher {
       }, s.loopIntervalMs, log);
       const cron = new Loop('cron', async () => {
         const n = await fireDueSchedules(this.ctx.deps.state, 100);
-        if (n > 0) outbox.kick();
+        const m = await ensureAlwaysOnSources(this.ctx.deps.state, s.sourceRestartSeconds);
+        if (n + m > 0) outbox.kick();
         return n >= 100;
       }, Math.min(s.loopIntervalMs, 1000), log);
       this.loops = [outbox, retry, reaper, cron];

@@ -13,6 +13,8 @@ export interface DispatcherSettings {
   requeueAfterSeconds: number;
   /** Fallback poll interval of the loops (they are also kicked in-process on every change). */
   loopIntervalMs: number;
+  /** An always-on source whose task ended is restarted after this long. */
+  sourceRestartSeconds: number;
   /** Batch size of each loop iteration. */
   batchSize: number;
 }
@@ -27,6 +29,7 @@ export function defaultSettings(overrides: Partial<DispatcherSettings> = {}): Di
     outboxMaxAttempts: DEFAULTS.outboxMaxAttempts,
     requeueAfterSeconds: 120,
     loopIntervalMs: 1_000,
+    sourceRestartSeconds: 30,
     batchSize: 500,
     ...overrides,
   };
