@@ -4,6 +4,7 @@ import { capabilityTtlSeconds } from '../auth/capability.js';
 import type { DatasetGrant, StorageRef } from '../auth/capability-claims.js';
 import type { ClaimedTask, TaskPayload } from '../worker/payload.js';
 import type { JobRow } from './jobs.js';
+import type { ClaimedRow } from './tasks/claim.js';
 
 export interface TaskCore {
   id: string;
@@ -55,20 +56,9 @@ export async function datasetGrants(q: Queryable, inputs: TaskPayload['inputs'])
   return grants;
 }
 
-export interface ClaimInput {
-  id: string;
-  org_id: string;
-  attempt: number;
-  lease_token: string;
-  lease_expires_at: Date;
-  inputs: unknown[];
-  trigger: Record<string, unknown>;
-  timeout_seconds: number;
-  operator_state: TaskPayload['operator_state'];
-}
 
 /** Turns a fresh lease into the claim response: payload plus a capability token for this attempt. */
-export async function claimedTask(q: Queryable, c: ClaimInput, job: JobRow, issuer: CapabilityIssuer): Promise<ClaimedTask> {
+export async function claimedTask(q: Queryable, c: ClaimedRow, job: JobRow, issuer: CapabilityIssuer): Promise<ClaimedTask> {
   const task = taskPayload(c, job);
   const datasets = await datasetGrants(q, task.inputs);
   const capability_token = await issuer.sign(
