@@ -3,11 +3,11 @@ import { type Command, UsageError, helpText, parseCommandArgs } from './args.js'
 import { ApiError } from './client.js';
 import { dagActivate, dagDeploy, dagTrigger, dagVersions } from './commands/dag.js';
 import { tasks } from './commands/tasks.js';
-import { dispatcherCmd, liteUp, migrateCmd, tokenDevUser, workerCmd } from './commands/platform.js';
+import { dispatcherCmd, gatewayCmd, liteUp, migrateCmd, tokenDevUser, workerCmd } from './commands/platform.js';
 
 /** Every command of the `trace` binary, by its words. */
 const COMMANDS: Command[] = [
-  liteUp, migrateCmd, dispatcherCmd, workerCmd,
+  liteUp, migrateCmd, dispatcherCmd, workerCmd, gatewayCmd,
   dagDeploy, dagVersions, dagActivate, dagTrigger, tasks, tokenDevUser,
 ];
 

@@ -14,6 +14,7 @@ import { InProcessExecutor } from '../dispatcher/executors.js';
 import { startWorker, type WorkerHandle } from '../worker/worker.js';
 import { TaskClient } from '../worker/task-client.js';
 import { loadOrCreateSecrets } from './secrets.js';
+import { startGateway, gatewaySettingsFromEnv } from '../gateway/main.js';
 
 export interface LiteOptions {
   home?: string;
@@ -36,6 +37,7 @@ export interface LiteInfo {
   home: string;
   org_id: string;
   dispatcher_url: string;
+  gateway_url: string;
   worker_token: string;
   admin_token: string;
   admin_sub: string;
@@ -70,6 +72,9 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
     ...(env.dataDatabaseUrl ? { dataUrl: env.dataDatabaseUrl } : {}),
     ...(env.queueDatabaseUrl ? { queueUrl: env.queueDatabaseUrl } : {}),
   });
+  // Listeners started so far, stopped in reverse order on shutdown or when startup fails.
+  const services: Array<() => Promise<void>> = [];
+  let dispatcherStarted: Dispatcher | undefined;
   try {
     await migrate(dbs.state, 'state');
     await migrate(dbs.data, 'data');
@@ -102,8 +107,22 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
       log: log.child({ component: 'dispatcher' }),
     });
     await dispatcher.start({ host, port: opts.ports?.dispatcher ?? DEFAULT_PORTS.dispatcher });
+    dispatcherStarted = dispatcher;
     const dispatcherUrl = dispatcher.url!;
     self.url = dispatcherUrl;
+
+    const gwSettings = gatewaySettingsFromEnv(opts.env ?? process.env);
+    const gateway = await startGateway({
+      dispatcherUrl,
+      queryUrl: env.queryUrl ?? `http://127.0.0.1:${DEFAULT_PORTS.query}`,
+      userVerifier,
+      host,
+      port: opts.ports?.gateway ?? DEFAULT_PORTS.gateway,
+      limits: gwSettings.limits,
+      corsOrigins: gwSettings.corsOrigins,
+      log: log.child({ component: 'gateway' }),
+    });
+    services.push(() => gateway.stop());
 
     const workers: WorkerHandle[] = [];
     const client = new TaskClient({ baseUrl: dispatcherUrl, workerToken });
@@ -120,6 +139,7 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
       home,
       org_id,
       dispatcher_url: dispatcherUrl,
+      gateway_url: gateway.url,
       worker_token: workerToken,
       admin_token: userCfg.mode === 'dev' ? await mintDevUserToken(userCfg.secret, ADMIN_SUB) : '',
       admin_sub: ADMIN_SUB,
@@ -133,6 +153,7 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
       async stop() {
         if (stopped) return;
         stopped = true;
+        for (const stopService of services.reverse()) await stopService().catch(() => undefined);
         await Promise.all(workers.map((w) => w.stop({ graceMs: 5_000 })));
         await dispatcher.stop();
         await queue.close();
@@ -141,6 +162,8 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
       },
     };
   } catch (e) {
+    for (const stopService of services.reverse()) await stopService().catch(() => undefined);
+    await dispatcherStarted?.stop().catch(() => undefined);
     await dbs.close().catch(() => undefined);
     throw e;
   }

@@ -6,6 +6,7 @@ import { startLite } from '../../lite/lite.js';
 import { mintDevUserToken } from '../../auth/user.js';
 import { runWorkerProcess } from '../../worker/main.js';
 import { runDispatcherProcess } from '../../dispatcher/main.js';
+import { runGatewayProcess } from '../../gateway/main.js';
 import type { Command } from '../args.js';
 import { UsageError, intOption } from '../args.js';
 
@@ -31,6 +32,7 @@ export const liteUp: Command = {
     const i = lite.info;
     process.stderr.write(
       `Trace is up (${i.profile} profile, home ${i.home})\n` +
+      `  gateway      ${i.gateway_url}\n` +
       `  dispatcher   ${i.dispatcher_url}\n` +
       `  workers      ${workers} in process\n` +
       `  worker token ${i.worker_token}\n` +
@@ -111,5 +113,19 @@ export const tokenDevUser: Command = {
     }
     const ttl = intOption(values.ttl, 'ttl', 1);
     process.stdout.write(`${await mintDevUserToken(secret, String(values.sub), ttl ? { ttlSeconds: ttl } : {})}\n`);
+  },
+};
+
+export const gatewayCmd: Command = {
+  name: 'gateway',
+  summary: 'Run the Gateway, the public entry point: user JWT auth, route allowlist, rate limits and CORS in front of the Dispatcher and the Query Service (needs TRACE_USER_JWT_SECRET or TRACE_OIDC_*).',
+  usage: 'trace gateway [--host H] [--port P]',
+  options: { host: { type: 'string' }, port: { type: 'string' } },
+  async run({ values }) {
+    const port = intOption(values.port, 'port', 0);
+    const handle = await runGatewayProcess(process.env, { ...(values.host ? { host: String(values.host) } : {}), ...(port !== undefined ? { port } : {}) });
+    process.stderr.write(`gateway listening on ${handle.url}\n`);
+    await untilSignal();
+    await handle.stop();
   },
 };
