@@ -5,7 +5,7 @@ import { PostgresDb } from './postgres.js';
 import { PgliteDb } from './pglite.js';
 
 /** Opens a database by URL: `postgres://...` for real Postgres, `pglite://<dir>` or `memory://` for embedded. */
-export async function openDb(url: string, opts: { max?: number; applicationName?: string } = {}): Promise<Db> {
+export async function openDb(url: string, opts: { max?: number; applicationName?: string; synchronousCommit?: 'on' | 'off' } = {}): Promise<Db> {
   if (url.startsWith('postgres://') || url.startsWith('postgresql://')) return new PostgresDb(url, opts);
   if (url === 'memory://') return PgliteDb.open();
   if (url.startsWith('pglite://')) {

@@ -7,6 +7,12 @@ pg.types.setTypeParser(20, (v: string) => Number(v));
 export interface PostgresOptions {
   max?: number;
   applicationName?: string;
+  /**
+   * `off` for connections that only write what may be lost in a crash without harm (queue
+   * receives and acks are wake-ups: a lost ack is a duplicate wake-up, which leasing absorbs).
+   * Never for the state database's transitions.
+   */
+  synchronousCommit?: 'on' | 'off';
 }
 
 /** Real Postgres through a `pg` connection pool. */
@@ -23,6 +29,7 @@ export class PostgresDb implements Db {
       connectionString: url,
       max: opts.max ?? 10,
       application_name: opts.applicationName ?? 'trace',
+      ...(opts.synchronousCommit === 'off' ? { options: '-c synchronous_commit=off' } : {}),
     });
     // An idle client error must not crash the process; the next query reconnects.
     this.pool.on('error', () => undefined);

@@ -86,7 +86,8 @@ export async function runWorkerProcess(
 
   const workerId = args.workerId ?? `${hostname()}:${process.pid}`;
   const log = createLogger('worker');
-  const db = await openDb(queueUrl, { max: Math.min(10, args.concurrency + 2), applicationName: 'trace-worker' });
+  // The worker's connection only receives and acks wake-ups: losing one in a crash is harmless.
+  const db = await openDb(queueUrl, { max: Math.min(10, args.concurrency + 2), applicationName: 'trace-worker', synchronousCommit: 'off' });
   try {
     const queue = openQueue({ kind: 'pgqueue', db });
     const client = new TaskClient({ baseUrl: dispatcherUrl, workerToken: cfg.workerToken });
