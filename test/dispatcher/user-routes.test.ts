@@ -16,7 +16,7 @@ test('user and admin routes: authentication, roles, hostile DAG YAML and malform
     const versions = async () => (await p.dbs.state.query<{ n: number }>(`SELECT count(*)::int AS n FROM dag_versions`)).rows[0]!.n;
 
     await t.test('no token, bad token, non-member, capability token as user token', async () => {
-      for (const h of [{}, { authorization: 'Bearer nope' }, { authorization: `Bearer ${stranger}` }, { authorization: 'Basic abc' }]) {
+      for (const h of [{}, { authorization: 'Bearer nope' }, { authorization: `Bearer ${stranger}` }, { authorization: 'Basic abc' }] as Array<Record<string, string>>) {
         const r = await fetch(`${p.url}/v1/datasets`, { headers: h });
         assert.ok(r.status === 401 || r.status === 403, `${JSON.stringify(h)} -> ${r.status}`);
         const b = await r.json() as { error: string; code: string };
