@@ -14,12 +14,17 @@ import { testSleep } from './test_sleep/index.js';
 import { testFail } from './test_fail/index.js';
 import { testFlaky } from './test_flaky/index.js';
 import { testEmit } from './test_emit/index.js';
+import { alertEvaluate } from './alert_evaluate/index.js';
+import { udfOperator } from './udf/index.js';
+import { alertRouteInfo, createAlertRoute, type AlertRouteStore } from './alert_route/index.js';
 
 export interface RegistryOptions {
   includeTestOperators?: boolean;
+  /** Where alert_route writes deliveries (Postgres data); without it the operator is not runnable here. */
+  alertRouteStore?: AlertRouteStore;
 }
 
-const PUBLIC_OPERATORS: readonly Operator[] = [cursorEmitter, rangeAggregator, rangeSplitter, noop];
+const PUBLIC_OPERATORS: readonly Operator[] = [cursorEmitter, rangeAggregator, rangeSplitter, noop, alertEvaluate, udfOperator];
 const TEST_OPERATORS: readonly Operator[] = [testSleep, testFail, testFlaky, testEmit];
 
 export function operatorRegistry(opts: RegistryOptions = {}): Map<string, Operator> {
@@ -29,6 +34,7 @@ export function operatorRegistry(opts: RegistryOptions = {}): Map<string, Operat
     if (map.has(op.info.name)) throw new Error(`operator ${op.info.name} registered twice`);
     map.set(op.info.name, op);
   }
+  if (opts.alertRouteStore) map.set('alert_route', createAlertRoute(opts.alertRouteStore));
   return map;
 }
 
@@ -36,5 +42,6 @@ export function operatorRegistry(opts: RegistryOptions = {}): Map<string, Operat
 export function operatorCatalog(opts: RegistryOptions = {}): OperatorCatalog {
   const map = new Map<string, OperatorInfo>();
   for (const [name, op] of operatorRegistry(opts)) map.set(name, op.info);
+  map.set('alert_route', alertRouteInfo);
   return map;
 }

@@ -322,4 +322,172 @@ CREATE TABLE queue_dead_letters (
 CREATE INDEX queue_dead_letters_queue ON queue_dead_letters (queue, dead_at);
 `,
   },
+  {
+    version: 2,
+    name: 'chain_sync: jobs, streams, cursors, scheduled-range ledger, head observations',
+    sql: `
+-- One row per applied chain_sync YAML, idempotent by (org_id, name). enabled = false is "paused".
+CREATE TABLE chain_sync_jobs (
+  job_id uuid PRIMARY KEY,
+  org_id uuid NOT NULL REFERENCES orgs(id),
+  name text NOT NULL,
+  chain_id bigint NOT NULL CHECK (chain_id > 0),
+  enabled boolean NOT NULL DEFAULT true,
+  mode text NOT NULL CHECK (mode IN ('fixed_target', 'follow_head')),
+  from_block bigint NOT NULL CHECK (from_block >= 0),
+  -- end exclusive; fixed_target only
+  to_block bigint,
+  tail_lag int,
+  head_poll_interval_seconds int,
+  max_head_age_seconds int,
+  yaml text NOT NULL,
+  yaml_hash text NOT NULL,
+  spec jsonb NOT NULL,
+  created_by uuid,
+  -- fixed_target: set when every stream covers to_block and no range is in flight
+  completed_at timestamptz,
+  last_error text,
+  last_error_at timestamptz,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (org_id, name),
+  CHECK ((mode = 'fixed_target' AND to_block IS NOT NULL AND to_block > from_block)
+      OR (mode = 'follow_head' AND tail_lag IS NOT NULL AND head_poll_interval_seconds IS NOT NULL AND max_head_age_seconds IS NOT NULL))
+);
+
+-- One row per (job, dataset_key). task_job_id is the hidden jobs row new ranges are planned on.
+CREATE TABLE chain_sync_streams (
+  job_id uuid NOT NULL REFERENCES chain_sync_jobs(job_id),
+  dataset_key text NOT NULL,
+  cryo_dataset_name text NOT NULL,
+  rpc_pool text NOT NULL,
+  dataset_uuid uuid NOT NULL UNIQUE REFERENCES datasets(id),
+  dataset_name text NOT NULL,
+  config_hash text NOT NULL,
+  chunk_size int NOT NULL CHECK (chunk_size > 0),
+  max_inflight int NOT NULL CHECK (max_inflight > 0),
+  task_job_id uuid NOT NULL REFERENCES jobs(id),
+  -- false once a re-applied YAML no longer names the stream
+  active boolean NOT NULL DEFAULT true,
+  -- why planning is skipped right now (stale head, ...), null when it is not
+  blocked_reason text,
+  last_error text,
+  last_error_at timestamptz,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (job_id, dataset_key)
+);
+
+-- The planning high-water mark per stream (exclusive). It only ever moves forward.
+CREATE TABLE chain_sync_cursor (
+  job_id uuid NOT NULL,
+  dataset_key text NOT NULL,
+  next_block bigint NOT NULL CHECK (next_block >= 0),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (job_id, dataset_key),
+  FOREIGN KEY (job_id, dataset_key) REFERENCES chain_sync_streams(job_id, dataset_key)
+);
+
+CREATE FUNCTION chain_sync_cursor_forward() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.next_block < OLD.next_block THEN
+    RAISE EXCEPTION 'chain_sync_cursor.next_block only moves forward' USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NEW;
+END
+$$;
+CREATE TRIGGER chain_sync_cursor_forward BEFORE UPDATE ON chain_sync_cursor
+  FOR EACH ROW EXECUTE FUNCTION chain_sync_cursor_forward();
+
+-- The scheduled-range ledger: one row per planned [range_start, range_end) of a stream, mapped to
+-- its task. scheduled -> completed once, when the range's publication is committed.
+CREATE TABLE chain_sync_scheduled_ranges (
+  job_id uuid NOT NULL,
+  dataset_key text NOT NULL,
+  range_start bigint NOT NULL,
+  range_end bigint NOT NULL,
+  task_id uuid NOT NULL REFERENCES tasks(id),
+  status text NOT NULL DEFAULT 'scheduled' CHECK (status IN ('scheduled', 'completed')),
+  dataset_version uuid,
+  -- committed Parquet objects, keys relative to the dataset prefix
+  files jsonb,
+  row_count bigint,
+  bytes bigint,
+  -- times an admin resume re-planned the range on a new task after its task gave up
+  redrives int NOT NULL DEFAULT 0,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  completed_at timestamptz,
+  PRIMARY KEY (job_id, dataset_key, range_start),
+  UNIQUE (job_id, dataset_key, range_start, range_end),
+  FOREIGN KEY (job_id, dataset_key) REFERENCES chain_sync_streams(job_id, dataset_key),
+  CHECK (range_end > range_start),
+  CHECK (status = 'scheduled' OR (dataset_version IS NOT NULL AND files IS NOT NULL AND completed_at IS NOT NULL))
+);
+CREATE UNIQUE INDEX chain_sync_ranges_task ON chain_sync_scheduled_ranges (task_id);
+CREATE INDEX chain_sync_ranges_open ON chain_sync_scheduled_ranges (job_id, dataset_key) WHERE status = 'scheduled';
+CREATE INDEX chain_sync_ranges_recent ON chain_sync_scheduled_ranges (job_id, dataset_key, completed_at) WHERE status = 'completed';
+
+-- Latest head seen through an RPC pool (follow_head planning reads it; missing or stale = no planning).
+CREATE TABLE chain_head_observations (
+  org_id uuid NOT NULL,
+  chain_id bigint NOT NULL,
+  rpc_pool text NOT NULL,
+  head_block bigint,
+  observed_at timestamptz,
+  source text,
+  last_attempt_at timestamptz,
+  last_error text,
+  PRIMARY KEY (org_id, chain_id, rpc_pool)
+);
+`,
+  },
+  {
+    version: 3,
+    name: 'udf bundles; dataset events emitted by buffer sinks',
+    // Owned by src/dispatcher/udf/. Bundles are immutable once Finalized: sha256, runtime and
+    // entrypoint are recorded from the validated zip and never change afterwards.
+    sql: `
+CREATE TABLE udf_bundles (
+  id uuid PRIMARY KEY,
+  org_id uuid NOT NULL REFERENCES orgs(id),
+  created_by uuid REFERENCES users(id),
+  name text,
+  status text NOT NULL CHECK (status IN ('Pending', 'Finalized', 'Rejected')),
+  -- where the upload URL writes; the finalized copy lives at object_key
+  upload_key text NOT NULL,
+  object_key text,
+  max_bytes bigint NOT NULL,
+  upload_expires_at timestamptz NOT NULL,
+  declared_runtime text,
+  declared_entrypoint text,
+  sha256 text,
+  runtime text CHECK (runtime IS NULL OR runtime IN ('node', 'python')),
+  entrypoint text,
+  size_bytes bigint,
+  file_count int,
+  manifest jsonb,
+  reject_reason text,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  finalized_at timestamptz,
+  CHECK (status <> 'Finalized' OR (sha256 IS NOT NULL AND runtime IS NOT NULL AND entrypoint IS NOT NULL AND object_key IS NOT NULL))
+);
+CREATE INDEX udf_bundles_org ON udf_bundles (org_id, created_at);
+
+-- Dataset events reported by trusted sinks after they committed a buffered batch: the audit
+-- trail and the dedupe point (a re-reported event is a no-op).
+CREATE TABLE dataset_events (
+  id bigserial PRIMARY KEY,
+  org_id uuid NOT NULL REFERENCES orgs(id),
+  dataset_uuid uuid NOT NULL REFERENCES datasets(id),
+  event_key text NOT NULL,
+  event jsonb NOT NULL,
+  publish_id uuid,
+  producer_task_id uuid,
+  routed boolean NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (dataset_uuid, event_key)
+);
+`,
+  },
 ];

@@ -1,0 +1,55 @@
+// Large-transfer alert, evaluated over one granted Parquet dataset (Node UDF).
+//
+// For each alert definition handed in by the platform (`alert_definitions`), reads the rows whose
+// `value` reaches the definition's `condition.min_value` through the Query Service, writes one
+// alert event per row as a JSONL batch into this attempt's buffer prefix (a signed upload URL from
+// /v1/task/credentials), and publishes the batch pointer with /v1/task/buffer-publish.
+//
+// Idempotency: dedupe_key = "<definition id>:<tx_hash>", derived from the data only, so retries
+// and re-runs of the same input produce the same keys and the sink writes each event once.
+import { publishBuffer, query } from './trace-udf.mjs';
+
+const CAPABILITY_HEADER = 'X-Trace-Task-Capability';
+
+/** A signed upload URL (and the object URI to publish) inside this attempt's buffer prefix. */
+async function uploadTarget(inv, name) {
+  const res = await fetch(`${process.env.TRACE_DISPATCHER_URL}/v1/task/credentials`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', [CAPABILITY_HEADER]: inv.capability_token },
+    body: JSON.stringify({ task_id: inv.task_id, attempt: inv.attempt, lease_token: inv.lease_token, uploads: [{ name }] }),
+    signal: AbortSignal.timeout(30_000),
+  });
+  if (!res.ok) throw new Error(`/v1/task/credentials answered ${res.status}`);
+  return (await res.json()).uploads[0];
+}
+
+export async function evaluate(inv) {
+  const input = inv.inputs[0];
+  if (!input) throw new Error('this job needs an input dataset');
+  const events = [];
+  for (const def of inv.alert_definitions ?? []) {
+    const min = Number(def.condition?.min_value ?? inv.config?.params?.min_value ?? 1000);
+    if (!Number.isFinite(min)) throw new Error(`definition ${def.id}: condition.min_value must be a number`);
+    const { rows } = await query(
+      `SELECT block_number, tx_hash, value, block_time FROM dataset WHERE value >= ${min} ORDER BY block_number, tx_hash`,
+      { dataset_uuid: input.dataset_uuid, limit: 10000 },
+    );
+    for (const [blockNumber, txHash, value, blockTime] of rows) {
+      events.push({
+        alert_definition_id: def.id,
+        dedupe_key: `${def.id}:${txHash}`,
+        event_time: blockTime,
+        severity: value >= min * 10 ? 'critical' : 'warning',
+        payload: { chain_id: Number(inv.config?.params?.chain_id ?? 143), block_number: Number(blockNumber), tx_hash: txHash, value, rule: def.name },
+      });
+    }
+  }
+  if (events.length === 0) return { outputs: [{ alerts: 0 }] };
+  const body = `${events.map((e) => JSON.stringify(e)).join('\n')}\n`;
+  const target = await uploadTarget(inv, 'alerts.jsonl');
+  const put = await fetch(target.url, { method: target.method, headers: target.headers, body, signal: AbortSignal.timeout(30_000) });
+  if (!put.ok) throw new Error(`batch upload answered ${put.status}`);
+  await publishBuffer({ batch_uri: target.uri, batch_size_bytes: Buffer.byteLength(body), dedupe_scope: 'alert_events' });
+  console.log(`published ${events.length} alert events`); // stderr (run() redirects console.log)
+  return { outputs: [{ alerts: events.length }] };
+}
