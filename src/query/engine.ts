@@ -1,14 +1,17 @@
 /**
  * The DuckDB execution sandbox (defense in depth behind the SQL gate).
  *
- * Every query gets a fresh in-memory DuckDB instance. Trusted code attaches the granted files as
- * the temporary view `dataset` (`read_parquet` over the exact file list, scanned in place), then
- * locks the instance down before any untrusted SQL runs:
+ * A query runs on a locked in-memory DuckDB instance of its own grant: a fresh one
+ * (`QuerySandbox`), or one reused for that exact file list by `SandboxPool` (pool.ts) with a
+ * fresh connection per query. Trusted code attaches the granted files as the connection's
+ * temporary view `dataset` (`read_parquet` over the exact file list, scanned in place), and the
+ * instance is locked down before any untrusted SQL runs:
  *   allowed_paths = exactly the granted files; enable_external_access = false; extension
  *   autoinstall/autoload off; a private 0700 temp directory with a size cap; memory and thread
  *   caps; lock_configuration = true; every setting read back and checked.
  * Any failed step fails the query (500 QUERY_SANDBOX_FAILED). The untrusted statement must
- * prepare as exactly one SELECT, runs wrapped in an outer LIMIT (limit + 1, to compute
+ * prepare as exactly one SELECT (checked on the wrapped statement, and on the statement alone
+ * when that fails, for a precise error), runs wrapped in an outer LIMIT (limit + 1, to compute
  * `truncated`), streams, stops at the row or byte cap, and is interrupted at the timeout.
  * Error messages are scrubbed of SQL echoes and of file paths and URLs.
  *
@@ -22,7 +25,7 @@
 import { mkdtempSync, rmSync, statSync, accessSync, constants as fsConstants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, isAbsolute } from 'node:path';
-import { DuckDBInstance, StatementType, type DuckDBConnection } from '@duckdb/node-api';
+import { DuckDBInstance, StatementType, type DuckDBConnection, type DuckDBPreparedStatement } from '@duckdb/node-api';
 import { TraceError } from '../core/errors.js';
 import { isGatedSql, type GatedSql } from './gate.js';
 import { toJsonValue, type JsonValue } from './values.js';
@@ -85,6 +88,24 @@ export interface RunQueryInput {
   timeoutMs?: number;
   maxBytes?: number;
   sandbox?: SandboxOptions;
+  /**
+   * Where sandboxes come from: a pool reusing one locked instance per grant (see pool.ts), or,
+   * when absent or when it declines a grant, a fresh instance for this query alone.
+   */
+  pool?: SandboxProvider;
+}
+
+/** A locked sandbox lent to one query. */
+export interface SandboxLease {
+  execute(sql: string, opts?: { limit?: number; maxBytes?: number }): Promise<QueryResultSet>;
+  interrupt(): void;
+  /** Gives the sandbox back; `discard` retires it instead of keeping it for reuse. */
+  release(discard: boolean): void;
+}
+
+export interface SandboxProvider {
+  /** A lease for `grant`, or null when this provider does not serve that grant. */
+  lease(grant: EngineGrant): Promise<SandboxLease | null>;
 }
 
 /** Clamps a requested row limit to [1, maxRows]; absent or non-finite means maxRows. */
@@ -140,7 +161,7 @@ const timeoutError = (ms: number) =>
 const sqlString = (s: string) => `'${s.replace(/'/g, "''")}'`;
 const S3_URL_RE = /^s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\/[^\0\r\n]+$/;
 
-function checkFiles(files: readonly string[]): void {
+export function checkFiles(files: readonly string[]): void {
   if (!Array.isArray(files) || files.length === 0) throw new TraceError(500, 'QUERY_SANDBOX_FAILED', 'no files to attach');
   if (files.length > ENGINE_LIMITS.maxFiles) throw new TraceError(422, 'DATASET_TOO_LARGE', `the dataset has more than ${ENGINE_LIMITS.maxFiles} files`);
   for (const f of files) {
@@ -161,7 +182,50 @@ function defaultTempRoot(): string {
   return tmpdir();
 }
 
-export class QuerySandbox {
+const sandboxFail = (what: string, e?: unknown): never => {
+  throw new TraceError(500, 'QUERY_SANDBOX_FAILED', `query sandbox setup failed (${what})`, e === undefined ? {} : { cause: e });
+};
+
+/** A private spill directory for one instance (0700, under tempRoot or /dev/shm). */
+export function makeSpillDir(opts: SandboxOptions): string {
+  return mkdtempSync(join(opts.tempRoot ?? defaultTempRoot(), 'trace-query-'));
+}
+
+/** A fresh in-memory instance with the sandbox's engine options and one connection. */
+export async function createInstance(opts: SandboxOptions, tempDir: string): Promise<{ instance: DuckDBInstance; conn: DuckDBConnection }> {
+  let instance: DuckDBInstance | undefined;
+  try {
+    instance = await DuckDBInstance.create(':memory:', {
+      threads: String(opts.threads ?? ENGINE_LIMITS.threads),
+      memory_limit: opts.memoryLimit ?? ENGINE_LIMITS.memoryLimit,
+      temp_directory: tempDir,
+      max_temp_directory_size: opts.maxTempDirectorySize ?? ENGINE_LIMITS.maxTempDirectorySize,
+      autoinstall_known_extensions: 'false',
+      autoload_known_extensions: 'false',
+    });
+    return { instance, conn: await instance.connect() };
+  } catch (e) {
+    try { instance?.closeSync(); } catch { /* ignore */ }
+    return sandboxFail('open', e);
+  }
+}
+
+/**
+ * Trusted attach: the granted files as the connection's TEMP VIEW `dataset` (`read_parquet`
+ * over the exact list, scanned in place). A temp view shadows any main-schema object of the
+ * same name. 503 DATASET_UNAVAILABLE / 500 DATASET_ATTACH_FAILED when the files cannot be read.
+ */
+export async function attachDataset(c: DuckDBConnection, files: readonly string[]): Promise<void> {
+  try {
+    await c.run(`CREATE TEMP VIEW dataset AS SELECT * FROM read_parquet([${files.map(sqlString).join(', ')}])`);
+  } catch (e) {
+    const msg = scrubEngineMessage(errorText(e), files);
+    if (/^(IO|HTTP) Error/.test(errorText(e))) throw new TraceError(503, 'DATASET_UNAVAILABLE', `the dataset could not be read: ${msg}`);
+    throw new TraceError(500, 'DATASET_ATTACH_FAILED', `the dataset could not be attached: ${msg}`);
+  }
+}
+
+export class QuerySandbox implements SandboxLease {
   private closed = false;
 
   private constructor(
@@ -180,37 +244,16 @@ export class QuerySandbox {
   static async open(grant: EngineGrant, opts: SandboxOptions = {}): Promise<QuerySandbox> {
     const files = [...grant.files];
     checkFiles(files);
-    const tempDir = mkdtempSync(join(opts.tempRoot ?? defaultTempRoot(), 'trace-query-'));
+    const tempDir = makeSpillDir(opts);
     let instance: DuckDBInstance | undefined;
     let conn: DuckDBConnection | undefined;
-    const fail = (what: string, e?: unknown): never => {
-      throw new TraceError(500, 'QUERY_SANDBOX_FAILED', `query sandbox setup failed (${what})`, e === undefined ? {} : { cause: e });
-    };
     try {
-      try {
-        instance = await DuckDBInstance.create(':memory:', {
-          threads: String(opts.threads ?? ENGINE_LIMITS.threads),
-          memory_limit: opts.memoryLimit ?? ENGINE_LIMITS.memoryLimit,
-          temp_directory: tempDir,
-          max_temp_directory_size: opts.maxTempDirectorySize ?? ENGINE_LIMITS.maxTempDirectorySize,
-          autoinstall_known_extensions: 'false',
-          autoload_known_extensions: 'false',
-        });
-        conn = await instance.connect();
-      } catch (e) {
-        fail('open', e);
-      }
-      const c = conn!;
+      ({ instance, conn } = await createInstance(opts, tempDir));
+      const c = conn;
       if (files.some((f) => f.startsWith('s3://'))) await attachS3(c, opts.s3 ?? {});
-      try {
-        await c.run(`CREATE TEMP VIEW dataset AS SELECT * FROM read_parquet([${files.map(sqlString).join(', ')}])`);
-      } catch (e) {
-        const msg = scrubEngineMessage(errorText(e), files);
-        if (/^(IO|HTTP) Error/.test(errorText(e))) throw new TraceError(503, 'DATASET_UNAVAILABLE', `the dataset could not be read: ${msg}`);
-        throw new TraceError(500, 'DATASET_ATTACH_FAILED', `the dataset could not be attached: ${msg}`);
-      }
-      await lockDown(c, files, tempDir).catch((e: unknown) => fail('lockdown', e));
-      return new QuerySandbox(instance!, c, tempDir, files);
+      await attachDataset(c, files);
+      await lockDown(c, files, tempDir).catch((e: unknown) => sandboxFail('lockdown', e));
+      return new QuerySandbox(instance, c, tempDir, files);
     } catch (e) {
       try { conn?.closeSync(); } catch { /* ignore */ }
       try { instance?.closeSync(); } catch { /* ignore */ }
@@ -239,42 +282,12 @@ export class QuerySandbox {
    */
   async execute(sql: string, opts: { limit?: number; maxBytes?: number } = {}): Promise<QueryResultSet> {
     if (this.closed) throw new TraceError(500, 'QUERY_SANDBOX_FAILED', 'the sandbox is closed');
-    const limit = clampLimit(opts.limit);
-    const maxBytes = opts.maxBytes ?? ENGINE_LIMITS.maxBytes;
-    try {
-      const own = await this.conn.extractStatements(sql);
-      if (own.count !== 1) throw new TraceError(400, 'SQL_REJECTED', 'SQL rejected (rule statement_count): exactly one SELECT statement is required', { extra: { rule: 'statement_count' } });
-      const ownPrepared = await own.prepare(0);
-      const kind = ownPrepared.statementType;
-      ownPrepared.destroySync();
-      if (kind !== StatementType.SELECT) throw new TraceError(400, 'SQL_REJECTED', 'SQL rejected (rule not_select): only SELECT statements run in the sandbox', { extra: { rule: 'not_select' } });
+    return executeOn(this.conn, this.files, sql, opts);
+  }
 
-      const wrapped = `SELECT * FROM (\n${sql}\n) AS trace_result LIMIT ${limit + 1}`;
-      const prepared = await this.conn.prepare(wrapped);
-      if (prepared.statementType !== StatementType.SELECT) throw new TraceError(400, 'SQL_REJECTED', 'SQL rejected (rule not_select): only SELECT statements run in the sandbox', { extra: { rule: 'not_select' } });
-      const result = await prepared.stream();
-      const columns: QueryColumn[] = [];
-      for (let i = 0; i < result.columnCount; i++) columns.push({ name: result.columnName(i), type: result.columnType(i).toString() });
-      const rows: JsonValue[][] = [];
-      let bytes = 2 + Buffer.byteLength(JSON.stringify(columns));
-      let truncated = false;
-      outer: for (;;) {
-        const chunk = await result.fetchChunk();
-        if (!chunk || chunk.rowCount === 0) break;
-        for (const raw of chunk.getRows()) {
-          if (rows.length >= limit) { truncated = true; break outer; }
-          const row = raw.map(toJsonValue);
-          const size = Buffer.byteLength(JSON.stringify(row)) + 1;
-          if (bytes + size > maxBytes) { truncated = true; break outer; }
-          bytes += size;
-          rows.push(row);
-        }
-      }
-      prepared.destroySync();
-      return { columns, rows, truncated };
-    } catch (e) {
-      throw classifyQueryError(e, this.files);
-    }
+  /** A fresh sandbox is never reused: releasing it closes it. */
+  release(): void {
+    this.close();
   }
 
   close(): void {
@@ -283,6 +296,64 @@ export class QuerySandbox {
     try { this.conn.closeSync(); } catch { /* ignore */ }
     try { this.instance.closeSync(); } catch { /* ignore */ }
     rmSync(this.tempDir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Runs one statement on a locked connection that has the `dataset` view. It must prepare as
+ * exactly one SELECT; it is wrapped in `SELECT * FROM (...) LIMIT limit + 1` and streamed until
+ * the row or byte cap. This does NOT run the SQL gate: callers pass gated SQL.
+ */
+export async function executeOn(conn: DuckDBConnection, files: readonly string[], sql: string, opts: { limit?: number; maxBytes?: number } = {}): Promise<QueryResultSet> {
+  const limit = clampLimit(opts.limit);
+  const maxBytes = opts.maxBytes ?? ENGINE_LIMITS.maxBytes;
+  try {
+    const notSelect = () => new TraceError(400, 'SQL_REJECTED', 'SQL rejected (rule not_select): only SELECT statements run in the sandbox', { extra: { rule: 'not_select' } });
+    // Fast path: parse and bind once, the wrapped statement, which must itself be exactly one
+    // SELECT. Text that is several statements, or one that is not a SELECT, cannot parse as
+    // one statement inside `FROM ( ... )` (a top-level `;` would split the wrapper).
+    const wrapped = `SELECT * FROM (\n${sql}\n) AS trace_result LIMIT ${limit + 1}`;
+    let prepared: DuckDBPreparedStatement | undefined;
+    let wrapError: unknown;
+    try {
+      // Preparing refuses text that is not exactly one statement.
+      prepared = await conn.prepare(wrapped);
+    } catch (e) {
+      wrapError = e;
+    }
+    if (!prepared || prepared.statementType !== StatementType.SELECT) {
+      prepared?.destroySync();
+      // Slow path, failures only: the statement on its own says what is wrong with it.
+      const own = await conn.extractStatements(sql);
+      if (own.count !== 1) throw new TraceError(400, 'SQL_REJECTED', 'SQL rejected (rule statement_count): exactly one SELECT statement is required', { extra: { rule: 'statement_count' } });
+      const ownPrepared = await own.prepare(0);
+      const kind = ownPrepared.statementType;
+      ownPrepared.destroySync();
+      if (kind !== StatementType.SELECT || wrapError === undefined) throw notSelect();
+      throw wrapError;
+    }
+    const result = await prepared.stream();
+    const columns: QueryColumn[] = [];
+    for (let i = 0; i < result.columnCount; i++) columns.push({ name: result.columnName(i), type: result.columnType(i).toString() });
+    const rows: JsonValue[][] = [];
+    let bytes = 2 + Buffer.byteLength(JSON.stringify(columns));
+    let truncated = false;
+    outer: for (;;) {
+      const chunk = await result.fetchChunk();
+      if (!chunk || chunk.rowCount === 0) break;
+      for (const raw of chunk.getRows()) {
+        if (rows.length >= limit) { truncated = true; break outer; }
+        const row = raw.map(toJsonValue);
+        const size = Buffer.byteLength(JSON.stringify(row)) + 1;
+        if (bytes + size > maxBytes) { truncated = true; break outer; }
+        bytes += size;
+        rows.push(row);
+      }
+    }
+    prepared.destroySync();
+    return { columns, rows, truncated };
+  } catch (e) {
+    throw classifyQueryError(e, files);
   }
 }
 
@@ -313,12 +384,25 @@ async function attachS3(c: DuckDBConnection, s3: S3Settings): Promise<void> {
 
 /** The hardening sequence; then reads every setting back. Throws on any deviation. */
 async function lockDown(c: DuckDBConnection, files: readonly string[], tempDir: string): Promise<void> {
+  await applyLockdown(c, files);
+  await verifyLockdown(c, files, tempDir);
+}
+
+/** Sets the instance-wide sandbox options and locks the configuration. */
+export async function applyLockdown(c: DuckDBConnection, files: readonly string[]): Promise<void> {
   await c.run(`SET allowed_paths = [${files.map(sqlString).join(', ')}]`);
   await c.run('SET enable_external_access = false');
   await c.run('SET autoinstall_known_extensions = false');
   await c.run('SET autoload_known_extensions = false');
   await c.run('SET allow_community_extensions = false');
   await c.run('SET lock_configuration = true');
+}
+
+/**
+ * Reads every sandbox setting back on `c` and proves the lock holds. Settings are global, so
+ * running this on a connection opened after the lockdown shows new connections inherit them.
+ */
+export async function verifyLockdown(c: DuckDBConnection, files: readonly string[], tempDir: string): Promise<void> {
   const r = await c.runAndReadAll(`SELECT
     current_setting('enable_external_access')::VARCHAR,
     current_setting('autoinstall_known_extensions')::VARCHAR,
@@ -355,7 +439,7 @@ export async function runQuery(input: RunQueryInput): Promise<QueryResultSet> {
   if (!isGatedSql(input.sql)) throw new TraceError(500, 'SQL_NOT_GATED', 'refusing to run SQL that did not pass the SQL gate');
   const timeoutMs = Math.max(1, input.timeoutMs ?? ENGINE_LIMITS.timeoutMs);
   let timedOut = false;
-  let sandbox: QuerySandbox | undefined;
+  let sandbox: SandboxLease | undefined;
   let rejectDeadline: (e: TraceError) => void = () => {};
   const deadline = new Promise<never>((_, rej) => { rejectDeadline = rej; });
   deadline.catch(() => {});
@@ -366,18 +450,21 @@ export async function runQuery(input: RunQueryInput): Promise<QueryResultSet> {
     setTimeout(() => rejectDeadline(timeoutError(timeoutMs)), 2_000).unref();
   }, timeoutMs);
   const work = (async () => {
+    let discard = false;
     try {
-      sandbox = await QuerySandbox.open(input.grant, input.sandbox);
+      sandbox = (await input.pool?.lease(input.grant)) ?? (await QuerySandbox.open(input.grant, input.sandbox));
       if (timedOut) throw timeoutError(timeoutMs);
       const opts: { limit?: number; maxBytes?: number } = {};
       if (input.limit !== undefined) opts.limit = input.limit;
       if (input.maxBytes !== undefined) opts.maxBytes = input.maxBytes;
       return await sandbox.execute(input.sql.sql, opts);
     } catch (e) {
+      // A reused instance is retired after anything but a plain user error.
+      discard = timedOut || !(e instanceof TraceError) || e.status >= 500;
       if (timedOut) throw timeoutError(timeoutMs);
       throw e;
     } finally {
-      sandbox?.close();
+      sandbox?.release(discard);
     }
   })();
   try {

@@ -443,8 +443,16 @@ async function readCatalog(conn: DuckDBConnection): Promise<FunctionCatalog> {
   return { allowed, tableLike };
 }
 
+/** Verdicts kept per gate: passing statements by exact text (LRU). */
+export const GATE_CACHE = { maxEntries: 512, maxSqlChars: 16 * 1024 } as const;
+
 export class SqlGate {
   private closed = false;
+  /**
+   * The verdict is a pure function of the text (the function catalog is fixed when the gate is
+   * created), so a statement that passed once passes again: repeated queries skip the parse.
+   */
+  private readonly passed = new Map<string, GatedSql>();
   private constructor(
     private readonly instance: DuckDBInstance,
     readonly functions: FunctionCatalog,
@@ -472,6 +480,12 @@ export class SqlGate {
   /** Runs both stages; returns the gated statement or throws SqlRejected. */
   async check(sql: string): Promise<GatedSql> {
     if (this.closed) throw new TraceError(500, 'SQL_GATE_CLOSED', 'the SQL gate is closed');
+    const hit = this.passed.get(sql);
+    if (hit) {
+      this.passed.delete(sql);
+      this.passed.set(sql, hit);
+      return hit;
+    }
     const { body } = scanSql(sql);
     const conn = await this.instance.connect();
     let serialized: string;
@@ -486,6 +500,10 @@ export class SqlGate {
     checkParseTree(serialized, body, this.functions);
     const gated: GatedSql = Object.freeze({ sql: body });
     gatedTexts.add(gated);
+    if (sql.length <= GATE_CACHE.maxSqlChars) {
+      this.passed.set(sql, gated);
+      if (this.passed.size > GATE_CACHE.maxEntries) this.passed.delete(this.passed.keys().next().value!);
+    }
     return gated;
   }
 

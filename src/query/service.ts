@@ -22,6 +22,7 @@ import { ENGINE_LIMITS, clampLimit, runQuery, type QueryResultSet, type SandboxO
 import { parseStorageRef, resolveStorageFiles, storagePrefixUrl, urlWithin, type StorageDeps, type StorageRefInput } from './storage.js';
 import { recordTaskQuery, recordUserQuery } from './audit.js';
 import { Semaphore } from './semaphore.js';
+import { SandboxPool } from './pool.js';
 
 /** One dataset grant as carried by a task capability token (contracts/task_capability_tokens.md). */
 export interface TaskDatasetGrant {
@@ -74,6 +75,13 @@ export interface QueryServiceConfig {
   maxBytes: number;
   bodyLimit: number;
   sandbox: SandboxOptions;
+  /**
+   * Locked instances kept for reuse, one per grant (pool.ts); 0 gives every query a fresh
+   * instance. Reuse saves the ~10 ms instance setup per query.
+   */
+  poolMaxInstances: number;
+  /** A reusable instance idle this long is closed. */
+  poolIdleMs: number;
 }
 
 export const QUERY_SERVICE_DEFAULTS: QueryServiceConfig = {
@@ -85,6 +93,8 @@ export const QUERY_SERVICE_DEFAULTS: QueryServiceConfig = {
   maxBytes: ENGINE_LIMITS.maxBytes,
   bodyLimit: 256 * 1024,
   sandbox: {},
+  poolMaxInstances: 4,
+  poolIdleMs: 60_000,
 };
 
 export interface QueryServiceDeps {
@@ -134,29 +144,48 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
   const log = deps.logger ?? createLogger('query-service');
   const app = createHttpServer({ log, bodyLimit: cfg.bodyLimit, name: 'query-service' });
   const slots = new Semaphore(cfg.maxConcurrent, cfg.maxQueued);
+  const pool = cfg.poolMaxInstances > 0 ? new SandboxPool(cfg.sandbox, { maxInstances: cfg.poolMaxInstances, idleMs: cfg.poolIdleMs }) : undefined;
+  app.addHook('onClose', async () => pool?.close());
   const taskClaims = new WeakMap<FastifyRequest, TaskQueryClaims>();
   const principals = new WeakMap<FastifyRequest, UserPrincipal>();
   const gate = () => (deps.gate ? Promise.resolve(deps.gate) : sharedGate());
 
-  /** Acquire a slot, resolve the exact file list, run the sandboxed query. */
-  async function execute(ref: StorageRefInput, sql: GatedSql, limit: number | undefined, timeoutMs: number): Promise<{ result: QueryResultSet; durationMs: number }> {
+  /**
+   * The exact file list, resolved once at query start (ADR 0009), and the gate's verdict, run
+   * side by side. Errors keep their order: a gate rejection (400) before a listing failure.
+   */
+  async function prepare(ref: StorageRefInput, gated: Promise<GatedSql>): Promise<{ sql: GatedSql; files: string[] }> {
+    const listing = resolveStorageFiles(ref, deps.storage);
+    listing.catch(() => {});
+    const sql = await gated;
+    const files = await listing;
+    if (files.length === 0) throw notFound('the dataset has no files yet', 'DATASET_EMPTY');
+    return { sql, files };
+  }
+
+  /** Acquire a slot and run the sandboxed query over the resolved files. */
+  async function execute(files: string[], sql: GatedSql, limit: number | undefined, timeoutMs: number): Promise<QueryResultSet> {
     const release = await slots.acquire();
     try {
-      const t0 = performance.now();
-      const files = await resolveStorageFiles(ref, deps.storage);
-      if (files.length === 0) throw notFound('the dataset has no files yet', 'DATASET_EMPTY');
-      const result = await runQuery({
+      return await runQuery({
         grant: { files },
         sql,
         limit: clampLimit(limit, cfg.maxRows),
         timeoutMs,
         maxBytes: cfg.maxBytes,
         sandbox: cfg.sandbox,
+        ...(pool ? { pool } : {}),
       });
-      return { result, durationMs: performance.now() - t0 };
     } finally {
       release();
     }
+  }
+
+  /** Starts the gate on `sql` now; the verdict is awaited later, after the checks that come first. */
+  function startGate(sql: string): Promise<GatedSql> {
+    const p = gate().then((g) => g.check(sql));
+    p.catch(() => {});
+    return p;
   }
 
   async function audit(fn: () => Promise<void>): Promise<void> {
@@ -213,8 +242,10 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
           const ok = (claims.s3?.read_prefixes ?? []).some((p) => urlWithin(prefix, p));
           if (!ok) throw forbidden('the dataset storage is outside the token read prefixes', 'STORAGE_OUTSIDE_GRANT');
         }
-        const sql = await (await gate()).check(body.sql);
-        const { result, durationMs } = await execute(ref, sql, body.limit, cfg.taskTimeoutMs);
+        const t0 = performance.now();
+        const { sql, files } = await prepare(ref, startGate(body.sql));
+        const result = await execute(files, sql, body.limit, cfg.taskTimeoutMs);
+        const durationMs = performance.now() - t0;
         await audit(() =>
           recordTaskQuery(deps.dataDb, {
             org_id: claims.org_id,
@@ -258,6 +289,9 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
       try {
         const body = parseInput(userBodySchema, req.body);
         ctx.dataset = body.dataset;
+        const t0 = performance.now();
+        // The gate works while the registry answers; its verdict is only used after the checks.
+        const gated = startGate(body.sql);
         const ds = await deps.resolveDataset(who.org_id, body.dataset);
         if (!ds) throw notFound('no such dataset', 'DATASET_NOT_FOUND');
         if (ds.read_roles.length > 0) {
@@ -265,8 +299,9 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
           if (!who.roles.some((r) => need.has(normRole(r)))) throw forbidden('you do not have a role that may read this dataset', 'DATASET_FORBIDDEN');
         }
         const ref = parseStorageRef(ds.storage_ref);
-        const sql = await (await gate()).check(body.sql);
-        const { result, durationMs } = await execute(ref, sql, body.limit, cfg.userTimeoutMs);
+        const { sql, files } = await prepare(ref, gated);
+        const result = await execute(files, sql, body.limit, cfg.userTimeoutMs);
+        const durationMs = performance.now() - t0;
         await audit(() =>
           recordUserQuery(deps.dataDb, {
             org_id: who.org_id,

@@ -1,0 +1,146 @@
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { Command } from '../args.js';
+import { UsageError, intOption } from '../args.js';
+import { api, resolveTarget } from '../client.js';
+import { renderTable } from '../table.js';
+
+interface QueryResponse {
+  columns: Array<{ name: string; type: string }>;
+  rows: unknown[][];
+  truncated: boolean;
+}
+
+interface DatasetView {
+  name: string;
+  dataset_uuid: string;
+  kind: string;
+  producer: { dag_name: string; job_name: string; output_index: number } | null;
+  read_roles: string[];
+  current_version: string | null;
+  storage_ref: Record<string, unknown> | null;
+  updated_at: string;
+}
+
+interface Registration {
+  name: string;
+  dataset_uuid: string;
+  dataset_version: string;
+  created: boolean;
+  changed: boolean;
+  storage_ref: Record<string, unknown>;
+  files: number | null;
+  bytes: number | null;
+}
+
+const json = (v: unknown) => process.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
+const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+export const queryCmd: Command = {
+  name: 'query',
+  summary: 'Run read-only SQL against one dataset through the Query Service; the dataset is the relation `dataset` (SQL "-" reads stdin).',
+  usage: 'trace query --dataset NAME "SQL" [--limit N] [--json]',
+  options: { dataset: { type: 'string', short: 'd' }, limit: { type: 'string' }, json: { type: 'boolean' } },
+  async run({ values, positionals }) {
+    const dataset = values.dataset === undefined ? undefined : String(values.dataset);
+    if (!dataset) throw new UsageError('--dataset NAME is required');
+    if (positionals.length !== 1) throw new UsageError('expected exactly one SQL argument (quote it)');
+    const sql = positionals[0] === '-' ? await readStdin() : positionals[0]!;
+    if (sql.trim() === '') throw new UsageError('the SQL is empty');
+    const limit = intOption(values.limit, 'limit', 1);
+    const body: Record<string, unknown> = { dataset, sql };
+    if (limit !== undefined) body.limit = limit;
+    const r = await api<QueryResponse>(await resolveTarget('query'), 'POST', '/v1/query', body);
+    if (values.json) return void json(r);
+    const table = renderTable(r.columns.map((c) => c.name), r.rows);
+    process.stdout.write(`${table}\n${plural(r.rows.length, 'row')}${r.truncated ? ' (truncated)' : ''}\n`);
+  },
+};
+
+function storageText(ref: Record<string, unknown> | null): string {
+  if (!ref) return '';
+  const glob = typeof ref.glob === 'string' ? ref.glob : '';
+  if (ref.scheme === 'file') return `file://${String(ref.prefix)}${glob}`;
+  if (ref.scheme === 's3') return `s3://${String(ref.bucket)}/${String(ref.prefix)}${glob}`;
+  return JSON.stringify(ref);
+}
+
+export const datasetsList: Command = {
+  name: 'datasets',
+  summary: 'List the datasets you may read (published job outputs and registered external Parquet). See also: trace datasets register.',
+  usage: 'trace datasets [--json]   |   trace datasets register NAME --from URL [--glob G] [--json]',
+  options: { json: { type: 'boolean' } },
+  async run({ values, positionals }) {
+    if (positionals.length > 0) throw new UsageError(`unknown subcommand "${positionals[0]}" (expected: register)`);
+    const r = await api<{ datasets: DatasetView[] }>(await resolveTarget(), 'GET', '/v1/datasets');
+    if (values.json) return void json(r);
+    process.stdout.write(`${renderTable(
+      ['name', 'kind', 'producer', 'read_roles', 'current_version', 'storage'],
+      r.datasets.map((d) => [
+        d.name,
+        d.kind,
+        d.producer ? `${d.producer.dag_name}.${d.producer.job_name}[${d.producer.output_index}]` : '',
+        d.read_roles.join(',') || '(all members)',
+        d.current_version ?? '',
+        storageText(d.storage_ref),
+      ]),
+    )}\n`);
+  },
+};
+
+/** `file:///…/`, `s3://…` as given; a local path (absolute or relative to the cwd) becomes a file URL. */
+export function sourceUrl(from: string): string {
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(from)) return from;
+  const href = pathToFileURL(resolve(from)).href;
+  return href.endsWith('/') ? href : `${href}/`;
+}
+
+export const datasetsRegister: Command = {
+  name: 'datasets register',
+  summary: 'Register existing Parquet (a local folder or an S3 prefix) as an external dataset, or record a new version of it (admin). Re-running with unchanged files is a no-op.',
+  usage: 'trace datasets register NAME --from file:///abs/dir/|s3://bucket/prefix/|PATH [--glob "*.parquet"] [--json]',
+  options: { from: { type: 'string' }, glob: { type: 'string' }, json: { type: 'boolean' } },
+  async run({ values, positionals }) {
+    const name = positionals[0];
+    if (!name || positionals.length > 1) throw new UsageError('expected exactly one dataset NAME');
+    if (!values.from) throw new UsageError('--from URL is required');
+    const body: Record<string, unknown> = { from: sourceUrl(String(values.from)) };
+    if (values.glob !== undefined) body.glob = String(values.glob);
+    const r = await api<Registration>(await resolveTarget(), 'POST', `/v1/datasets/${encodeURIComponent(name)}/register`, body);
+    if (values.json) return void json(r);
+    const what = r.files === null ? storageText(r.storage_ref) : `${plural(r.files, 'file')}, ${r.bytes} bytes`;
+    const verb = r.created ? 'registered' : r.changed ? 'new version of' : 'unchanged:';
+    process.stdout.write(`${verb} ${r.name} version ${r.dataset_version} (${what})\n`);
+  },
+};
+
+/** Resolves when SIGINT or SIGTERM arrives. */
+function untilSignal(): Promise<string> {
+  return new Promise((res) => {
+    const on = (s: string) => () => res(s);
+    process.once('SIGINT', on('SIGINT'));
+    process.once('SIGTERM', on('SIGTERM'));
+  });
+}
+
+export const queryServiceCmd: Command = {
+  name: 'query-service',
+  summary: 'Run the Query Service (needs TRACE_STATE_DATABASE_URL, TRACE_DATA_DATABASE_URL, TRACE_TASK_CAPABILITY_SECRET or TRACE_DISPATCHER_URL with TRACE_WORKER_TOKEN, and a user-token setting).',
+  usage: 'trace query-service [--host H] [--port P]',
+  options: { host: { type: 'string' }, port: { type: 'string' } },
+  async run({ values }) {
+    const port = intOption(values.port, 'port', 0);
+    const { runQueryServiceProcess } = await import('../../query/main.js');
+    const handle = await runQueryServiceProcess(process.env, { ...(values.host ? { host: String(values.host) } : {}), ...(port !== undefined ? { port } : {}) });
+    process.stderr.write(`query service listening on ${handle.url}\n`);
+    await untilSignal();
+    await handle.stop();
+  },
+};
+
