@@ -3,9 +3,13 @@
  * Needs the test Postgres (TRACE_TEST_PG_URL, default postgres://postgres@127.0.0.1:5432/test).
  */
 import { orchestrationBench } from './orchestration.js';
+import { udfBench } from './udf.js';
+import { queryBench } from './query.js';
 
 const SUITES: Record<string, () => Promise<void>> = {
   orchestration: orchestrationBench,
+  query: queryBench,
+  udf: udfBench,
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));

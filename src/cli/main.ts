@@ -3,12 +3,16 @@ import { type Command, UsageError, helpText, parseCommandArgs } from './args.js'
 import { ApiError } from './client.js';
 import { dagActivate, dagDeploy, dagTrigger, dagVersions } from './commands/dag.js';
 import { tasks } from './commands/tasks.js';
-import { dispatcherCmd, gatewayCmd, liteUp, migrateCmd, tokenDevUser, workerCmd } from './commands/platform.js';
+import { udfCommands } from './commands/udf.js';
+import { sinkCommands } from './commands/sink.js';
+import { datasetsList, datasetsRegister, queryCmd, queryServiceCmd } from './commands/query.js';
+import { deliveryCmd, dispatcherCmd, gatewayCmd, liteUp, migrateCmd, tokenDevUser, workerCmd } from './commands/platform.js';
 
 /** Every command of the `trace` binary, by its words. */
 const COMMANDS: Command[] = [
-  liteUp, migrateCmd, dispatcherCmd, workerCmd, gatewayCmd,
-  dagDeploy, dagVersions, dagActivate, dagTrigger, tasks, tokenDevUser,
+  liteUp, migrateCmd, dispatcherCmd, workerCmd, gatewayCmd, queryServiceCmd, deliveryCmd, ...sinkCommands,
+  queryCmd, datasetsList, datasetsRegister,
+  dagDeploy, dagVersions, dagActivate, dagTrigger, tasks, tokenDevUser, ...udfCommands,
 ];
 
 function topHelp(): string {

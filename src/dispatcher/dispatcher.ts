@@ -10,6 +10,7 @@ import { workerRoutes } from './http/worker-routes.js';
 import { taskRoutes } from './http/task-routes.js';
 import { userRoutes } from './http/user-routes.js';
 import { adminRoutes } from './http/admin-routes.js';
+import { datasetAdminRoutes } from './http/dataset-admin-routes.js';
 
 /**
  * An optional part of the Dispatcher (chain sync planning, bundles, ...): routes mounted beside
@@ -43,6 +44,7 @@ export class Dispatcher {
     taskRoutes(this.app, this.ctx);
     userRoutes(this.app, this.ctx);
     adminRoutes(this.app, this.ctx);
+    datasetAdminRoutes(this.app, this.ctx);
     for (const r of extraRoutes) r(this.app, this.ctx);
     for (const p of plugins) p.routes?.(this.app, this.ctx);
     const s = deps.settings;

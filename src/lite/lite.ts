@@ -1,3 +1,4 @@
+import { createHmac } from 'node:crypto';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { readEnv, liteJsonPath, DEFAULT_PORTS, type TraceEnv } from '../core/config.js';
 import { createLogger, type Logger } from '../core/log.js';
@@ -14,7 +15,15 @@ import { InProcessExecutor } from '../dispatcher/executors.js';
 import { startWorker, type WorkerHandle } from '../worker/worker.js';
 import { TaskClient } from '../worker/task-client.js';
 import { loadOrCreateSecrets } from './secrets.js';
+import { startQueryService } from './query.js';
 import { startGateway, gatewaySettingsFromEnv } from '../gateway/main.js';
+import { openObjectStore } from '../objectstore/open.js';
+import { udfPlugin, UdfExecutor, withAttemptScopes } from '../dispatcher/udf/index.js';
+import { alertingPlugin, alertEvaluateContext, createAlertRouteStore } from '../alerting/index.js';
+import { allowHttpLoopbackFromEnv } from '../delivery/net/index.js';
+import { startSink } from '../sink/sink.js';
+import { httpDatasetEvents } from '../sink/events.js';
+import { startDelivery } from '../delivery/service/service.js';
 
 export interface LiteOptions {
   home?: string;
@@ -38,6 +47,7 @@ export interface LiteInfo {
   org_id: string;
   dispatcher_url: string;
   gateway_url: string;
+  query_url: string;
   worker_token: string;
   admin_token: string;
   admin_sub: string;
@@ -82,15 +92,23 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
     const secrets = await loadOrCreateSecrets(home);
     const workerToken = env.workerToken ?? secrets.worker_token;
     const keyCfg = es256KeyConfigFromEnv(opts.env ?? process.env) ?? capabilityKeyConfigFromEnv(env) ?? { alg: 'HS256' as const, current: { kid: secrets.task_capability_kid, secret: secrets.task_capability_secret } };
-    const issuer = await createCapabilityIssuer(keyCfg);
+    const store = openObjectStore(env.objectStoreUrl, home);
+    // Each attempt's token carries its own scratch and buffer prefixes (credential minting).
+    const issuer = withAttemptScopes(await createCapabilityIssuer(keyCfg), store.rootUrl);
     const userCfg = userVerifierConfigFromEnv(env) ?? { mode: 'dev' as const, secret: secrets.user_jwt_secret };
     const userVerifier = createUserVerifier(userCfg);
     const queue = new PgQueue(dbs.queue);
-    const registryOpts = { includeTestOperators: opts.includeTestOperators ?? false };
+    const registryOpts = { includeTestOperators: opts.includeTestOperators ?? false, alertRouteStore: createAlertRouteStore(dbs.data) };
     const registry = operatorRegistry(registryOpts);
     const host = opts.host ?? '127.0.0.1';
-    const self: { url?: string } = {};
+    const self: { url?: string; queryUrl?: string } = {};
     const executor = new InProcessExecutor({ dispatcherUrl: () => self.url, registry, log });
+    const loopback = allowHttpLoopbackFromEnv(opts.env ?? process.env);
+    const udfExecutor = new UdfExecutor({
+      state: dbs.state, store, dispatcherUrl: () => self.url!, queryUrl: () => self.queryUrl ?? env.queryUrl ?? `http://127.0.0.1:${DEFAULT_PORTS.query}`,
+      fallback: executor, context: alertEvaluateContext(dbs.data), log: log.child({ component: 'udf' }),
+    });
+    const uploadSecret = createHmac('sha256', secrets.task_capability_secret).update('trace-upload-urls-v1').digest('base64url');
     const dispatcher = new Dispatcher({
       state: dbs.state,
       queue,
@@ -101,20 +119,30 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
       workerToken,
       catalog: operatorCatalog(registryOpts),
       allowHiddenOperators: opts.includeTestOperators ?? false,
-      executors: { dispatcher: executor, lambda: executor },
+      executors: { dispatcher: executor, lambda: udfExecutor },
       orgId: org_id,
       settings: defaultSettings(opts.settings),
       log: log.child({ component: 'dispatcher' }),
-    });
+    }, [], [
+      udfPlugin({ store, publicUrl: () => self.url!, uploadSecret }),
+      alertingPlugin({ data: dbs.data, allowHttpLoopback: loopback }),
+    ]);
     await dispatcher.start({ host, port: opts.ports?.dispatcher ?? DEFAULT_PORTS.dispatcher });
     dispatcherStarted = dispatcher;
     const dispatcherUrl = dispatcher.url!;
     self.url = dispatcherUrl;
 
+    const query = await startQueryService({
+      state: dbs.state, data: dbs.data, orgId: org_id, userVerifier, capabilityVerifier: issuer.verifier(),
+      host, port: opts.ports?.query ?? DEFAULT_PORTS.query, log: log.child({ component: 'query-service' }),
+    });
+    self.queryUrl = query.url;
+    services.push(() => query.stop());
+
     const gwSettings = gatewaySettingsFromEnv(opts.env ?? process.env);
     const gateway = await startGateway({
       dispatcherUrl,
-      queryUrl: env.queryUrl ?? `http://127.0.0.1:${DEFAULT_PORTS.query}`,
+      queryUrl: query.url,
       userVerifier,
       host,
       port: opts.ports?.gateway ?? DEFAULT_PORTS.gateway,
@@ -134,12 +162,18 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
         ...(opts.heartbeatMs ? { heartbeatMs: opts.heartbeatMs } : {}),
       }));
     }
+    const sink = startSink({ data: dbs.data, queue, store, events: httpDatasetEvents({ dispatcherUrl, workerToken }), log: log.child({ component: 'sink' }) });
+    services.push(() => sink.stop());
+    const delivery = startDelivery({ data: dbs.data, log: log.child({ component: 'delivery' }), allowHttpLoopback: loopback });
+    services.push(() => delivery.stop());
+
     const info: LiteInfo = {
       profile: env.stateDatabaseUrl ? 'postgres' : 'embedded',
       home,
       org_id,
       dispatcher_url: dispatcherUrl,
       gateway_url: gateway.url,
+      query_url: query.url,
       worker_token: workerToken,
       admin_token: userCfg.mode === 'dev' ? await mintDevUserToken(userCfg.secret, ADMIN_SUB) : '',
       admin_sub: ADMIN_SUB,

@@ -17,6 +17,7 @@ import { TraceError } from '../core/errors.js';
 import { DEFAULT_PORTS, readEnv } from '../core/config.js';
 import { createLogger } from '../core/log.js';
 import { openDb } from '../db/open.js';
+import { createAlertRouteStore } from '../alerting/route-store.js';
 import { openQueue } from '../queue/open.js';
 import { TASK_QUEUE } from '../queue/queue.js';
 import { operatorRegistry } from '../operators/registry.js';
@@ -87,11 +88,18 @@ export async function runWorkerProcess(
   const workerId = args.workerId ?? `${hostname()}:${process.pid}`;
   const log = createLogger('worker');
   // The worker's connection only receives and acks wake-ups: losing one in a crash is harmless.
+  const closers: Array<() => Promise<void>> = [];
   const db = await openDb(queueUrl, { max: Math.min(10, args.concurrency + 2), applicationName: 'trace-worker', synchronousCommit: 'off' });
   try {
     const queue = openQueue({ kind: 'pgqueue', db });
     const client = new TaskClient({ baseUrl: dispatcherUrl, workerToken: cfg.workerToken });
-    const registry = operatorRegistry({ includeTestOperators: args.includeTestOperators });
+    // Platform operators that write Postgres data (alert_route) run only on workers given it.
+    const dataDb = cfg.dataDatabaseUrl ? await openDb(cfg.dataDatabaseUrl, { max: 4, applicationName: 'trace-worker' }) : undefined;
+    if (dataDb) closers.push(() => dataDb.close());
+    const registry = operatorRegistry({
+      includeTestOperators: args.includeTestOperators,
+      ...(dataDb ? { alertRouteStore: createAlertRouteStore(dataDb) } : {}),
+    });
     const worker = startWorker({
       queue,
       client,
@@ -120,6 +128,7 @@ export async function runWorkerProcess(
     await worker.stop();
     await queue.close();
   } finally {
+    for (const close of closers) await close().catch(() => undefined);
     await db.close();
   }
 }

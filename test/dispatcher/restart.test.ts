@@ -18,7 +18,7 @@ async function call(url: string, token: string, method: string, path: string, bo
 
 test('embedded: lite resumes queued, running and retrying tasks after a restart', async () => {
   const home = await mkdtemp(join(tmpdir(), 'trace-restart-'));
-  const opts = { home, env: { TRACE_HOME: home }, ports: { dispatcher: 0 }, includeTestOperators: true, heartbeatMs: 300, settings: { ...FAST, retryBaseMs: 1500, retryMaxMs: 1500 } };
+  const opts = { home, env: { TRACE_HOME: home }, ports: { dispatcher: 0, query: 0, gateway: 0, rpcGateway: 0 }, includeTestOperators: true, heartbeatMs: 300, settings: { ...FAST, retryBaseMs: 1500, retryMaxMs: 1500 } };
   try {
     const a = await startLite({ ...opts, workers: 0 });
     const info = JSON.parse(await readFile(join(home, 'lite.json'), 'utf8'));

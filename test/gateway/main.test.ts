@@ -51,7 +51,7 @@ test('gatewaySettingsFromEnv: defaults match operations.md', () => {
 
 test('in front of the real Dispatcher: user routes pass and are re-verified there; worker and task routes stay unreachable', async () => {
   const home = await mkdtemp(join(tmpdir(), 'trace-gw-'));
-  const lite = await startLite({ home, workers: 0, ports: { dispatcher: 0 }, env: { TRACE_USER_JWT_SECRET: USER_SECRET }, log: silentLogger });
+  const lite = await startLite({ home, workers: 0, ports: { dispatcher: 0, query: 0, gateway: 0, rpcGateway: 0 }, env: { TRACE_USER_JWT_SECRET: USER_SECRET }, log: silentLogger });
   const gw = await startGateway({
     dispatcherUrl: lite.info.dispatcher_url,
     queryUrl: 'http://127.0.0.1:9',

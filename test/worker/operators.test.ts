@@ -187,7 +187,7 @@ test('cursor_emitter: config validation reports paths', () => {
 // --- registry, catalog, event mapping -----------------------------------------------------
 
 test('registry: public operators only by default; test operators hidden and opt-in', () => {
-  assert.deepEqual([...operatorRegistry().keys()].sort(), ['cursor_emitter', 'noop', 'range_aggregator', 'range_splitter']);
+  assert.deepEqual([...operatorRegistry().keys()].sort(), ['alert_evaluate', 'cursor_emitter', 'noop', 'range_aggregator', 'range_splitter', 'udf']);
   const all = operatorCatalog({ includeTestOperators: true });
   for (const name of ['test_sleep', 'test_fail', 'test_flaky', 'test_emit']) assert.equal(all.get(name)?.hidden, true, name);
   const noop = all.get('noop')!;
@@ -195,7 +195,8 @@ test('registry: public operators only by default; test operators hidden and opt-
   assert.deepEqual(noop.runtimes.sort(), ['dispatcher', 'ecs_platform', 'lambda']);
   assert.deepEqual(all.get('cursor_emitter')!.activations, ['source']);
   assert.deepEqual(all.get('range_aggregator')!.activations, ['reactive']);
-  for (const info of all.values()) assert.equal(info.udf, 'forbidden');
+  for (const info of all.values()) if (!['alert_evaluate', 'udf'].includes(info.name)) assert.equal(info.udf, 'forbidden', info.name);
+  assert.equal(all.get('alert_evaluate')!.udf, 'required');
 });
 
 test('toWireEvents: maps output_index to the output dataset and validates each event', () => {

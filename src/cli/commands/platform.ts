@@ -34,6 +34,7 @@ export const liteUp: Command = {
       `Trace is up (${i.profile} profile, home ${i.home})\n` +
       `  gateway      ${i.gateway_url}\n` +
       `  dispatcher   ${i.dispatcher_url}\n` +
+      `  query        ${i.query_url}\n` +
       `  workers      ${workers} in process\n` +
       `  worker token ${i.worker_token}\n` +
       `  admin token  ${i.admin_token}\n` +
@@ -127,5 +128,17 @@ export const gatewayCmd: Command = {
     process.stderr.write(`gateway listening on ${handle.url}\n`);
     await untilSignal();
     await handle.stop();
+  },
+};
+
+export const deliveryCmd: Command = {
+  name: 'delivery',
+  summary: 'Run the Delivery Service: leases due alert deliveries and sends webhooks safely (needs TRACE_DATA_DATABASE_URL).',
+  usage: 'trace delivery',
+  async run() {
+    const { runDeliveryProcess } = await import('../../delivery/service/main.js');
+    const h = await runDeliveryProcess(process.env);
+    await untilSignal();
+    await h.stop();
   },
 };
