@@ -52,7 +52,7 @@ export async function api<T>(target: ApiTarget, method: string, path: string, bo
   try {
     res = await fetch(`${target.baseUrl}${path}`, { method, headers, ...(payload !== undefined ? { body: payload } : {}) });
   } catch (e) {
-    throw new Error(`cannot reach ${target.baseUrl}: ${e instanceof Error ? (e.cause instanceof Error ? e.cause.message : e.message) : String(e)}`);
+    throw new Error(`cannot reach ${target.baseUrl}: ${e instanceof Error ? (e.cause instanceof Error ? e.cause.message : e.message) : String(e)}`, { cause: e });
   }
   const text = await res.text();
   let parsed: unknown;

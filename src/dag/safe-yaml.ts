@@ -45,6 +45,7 @@ export const FORBIDDEN_KEYS: ReadonlySet<string> = new Set(['__proto__', 'constr
 const COVERED_CODES = new Set(['DUPLICATE_KEY', 'TAG_RESOLVE_FAILED', 'BAD_DIRECTIVE', 'MULTIPLE_TAGS']);
 
 // C0 controls other than TAB, LF, CR, and DEL: never valid in a YAML stream we accept.
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
 const CONTROL_RE = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F]/;
 
 class CapExceeded extends Error {}

@@ -90,7 +90,7 @@ async function insertVersion(q: Queryable, orgId: string, userId: string | null,
       problems.push({ path: `jobs[${ji}].inputs[${ei}].from.dataset`, message: `unknown dataset ${JSON.stringify(e.from.dataset)} (not in the registry and not published by this DAG)` });
     }
   }));
-  spec.publish.forEach((p, pi) => {
+  spec.publish.forEach((p) => {
     const prev = byName.get(p.name);
     if (prev && (prev.kind !== 'job_output' || prev.producer_dag_name !== spec.name || prev.producer_job_name !== p.from.job || prev.producer_output_index !== p.from.output)) {
       const owner = prev.kind === 'job_output' ? `${prev.producer_dag_name}.${prev.producer_job_name}[${prev.producer_output_index}]` : `a ${prev.kind} dataset`;
