@@ -81,10 +81,10 @@ const TOKENISH = /(bearer\s+\S|^sk[-_]|^(0x)?[0-9a-f]{40,}$|^eyJ[A-Za-z0-9_-]{10
 /** A string that looks like a URL, a credential or an API key (never echoed back). */
 export function looksSecret(s: string): boolean {
   if (URLISH.test(s) || TOKENISH.test(s)) return true;
-  if (s.length >= 24 && /^[A-Za-z0-9+/=_-]+$/.test(s)) {
-    const digits = (s.match(/[0-9]/g) ?? []).length;
-    const letters = (s.match(/[A-Za-z]/g) ?? []).length;
-    if (digits >= 6 && letters >= 6) return true;
+  // A long run of mixed letters and digits with no word breaks reads like an API key
+  // (names such as mainnet_bootstrap_20260111 are words joined by underscores).
+  for (const seg of s.split(/[_\-./:\s]+/)) {
+    if (seg.length >= 20 && /^[A-Za-z0-9+=]+$/.test(seg) && (seg.match(/[0-9]/g) ?? []).length >= 4 && (seg.match(/[A-Za-z]/g) ?? []).length >= 4) return true;
   }
   return false;
 }

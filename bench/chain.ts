@@ -1,0 +1,157 @@
+/**
+ * Chain ingest benchmark: blocks/s and transactions/s from a dev chain into published Parquet
+ * end to end (a fixed_target chain_sync of blocks, transactions and logs: planner, outbox,
+ * pgqueue, claims, cryo_ingest through the RPC egress gateway, DuckDB/Parquet, verified
+ * commit, views), beside the raw JSON-RPC fetch rate of the same blocks from the same node in
+ * the same run. Deployed as in production: the node (ganache), the RPC gateway and the
+ * workers are their own processes; the Dispatcher runs here on real Postgres
+ * (TRACE_TEST_PG_URL).
+ *
+ * Raw references (straight to the node, 4 chunks of 100 blocks in flight, answers parsed,
+ * nothing written): `raw_jsonrpc_same_calls` issues exactly the requests the three streams
+ * issue (block headers for `blocks`; blocks with transactions plus one receipt per
+ * transaction for `transactions`; eth_getLogs for `logs`); `raw_jsonrpc_min` fetches the
+ * same data once (blocks with transactions, receipts, logs). The target is >= 0.8 of the
+ * same-calls rate.
+ *
+ * Knobs: BENCH_CHAIN_BLOCKS (20000), BENCH_CHAIN_TX_BLOCKS (1000), BENCH_CHAIN_TX_PER_BLOCK (5),
+ * BENCH_CHAIN_CHUNK (2000), BENCH_CHAIN_WORKERS (2 processes), BENCH_CHAIN_WORKER_CONCURRENCY (3).
+ */
+import type { ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { freshDbs } from '../test/support/db.js';
+import { fixedYaml, startStack } from '../test/chain-sync/support.js';
+import { report, round, spawnJsonChild, until } from './util.js';
+
+const ROOT = new URL('../', import.meta.url).pathname;
+const BLOCKS = Number(process.env.BENCH_CHAIN_BLOCKS ?? 20_000);
+const TX_BLOCKS = Number(process.env.BENCH_CHAIN_TX_BLOCKS ?? 1000);
+const TX_PER_BLOCK = Number(process.env.BENCH_CHAIN_TX_PER_BLOCK ?? 5);
+const CHUNK = Number(process.env.BENCH_CHAIN_CHUNK ?? 2000);
+const WORKERS = Number(process.env.BENCH_CHAIN_WORKERS ?? 2);
+const CONCURRENCY = Number(process.env.BENCH_CHAIN_WORKER_CONCURRENCY ?? 3);
+
+async function rpc(url: string, batch: Array<{ method: string; params: unknown[] }>): Promise<unknown[]> {
+  if (batch.length === 0) return [];
+  const body = batch.map((b, i) => ({ jsonrpc: '2.0', id: i, ...b }));
+  const res = (await (await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })).json()) as Array<{ id: number; result: unknown }>;
+  const out = new Array<unknown>(batch.length);
+  for (const r of res) out[r.id] = r.result;
+  return out;
+}
+
+const q = (n: number) => `0x${n.toString(16)}`;
+
+/** Raw JSON-RPC: 4 chunks of 100 blocks in flight. `sameCalls` adds the header-only block fetch the blocks stream makes. */
+async function rawFetch(url: string, end: number, sameCalls: boolean): Promise<{ seconds: number; txs: number }> {
+  const started = Date.now();
+  let next = 0;
+  let txs = 0;
+  const worker = async () => {
+    while (next < end) {
+      const s = next;
+      const e = Math.min(end, s + 100);
+      next = e;
+      const numbers = Array.from({ length: e - s }, (_, i) => s + i);
+      const [full] = await Promise.all([
+        rpc(url, numbers.map((n) => ({ method: 'eth_getBlockByNumber', params: [q(n), true] }))) as Promise<Array<{ transactions: Array<{ hash: string }> }>>,
+        sameCalls ? rpc(url, numbers.map((n) => ({ method: 'eth_getBlockByNumber', params: [q(n), false] }))) : Promise.resolve([]),
+        rpc(url, [{ method: 'eth_getLogs', params: [{ fromBlock: q(s), toBlock: q(e - 1) }] }]),
+      ]);
+      const hashes = full.flatMap((b) => b.transactions.map((t) => t.hash));
+      txs += hashes.length;
+      await rpc(url, hashes.map((h) => ({ method: 'eth_getTransactionReceipt', params: [h] })));
+    }
+  };
+  await Promise.all(Array.from({ length: 4 }, worker));
+  return { seconds: (Date.now() - started) / 1000, txs };
+}
+
+function child(args: string[], env: NodeJS.ProcessEnv, children: ChildProcess[]): Promise<Record<string, unknown>> {
+  return new Promise((resolve) => {
+    children.push(spawnJsonChild(process.execPath, ['--import', 'tsx', ...args], { PATH: process.env.PATH, NODE_ENV: 'production', ...env }, (o) => resolve(o)));
+  });
+}
+
+/** CPU seconds a child process used so far (Linux /proc; 0 elsewhere). */
+function cpuSeconds(c: ChildProcess): number {
+  try {
+    const f = readFileSync(`/proc/${c.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+async function endToEnd(gatewayUrl: string, end: number, children: ChildProcess[], workerCpu: number[]): Promise<{ seconds: number }> {
+  const dbs = await freshDbs('postgres', { poolMax: 20 });
+  const st = await startStack({ state: dbs.state, pools: {}, workers: 0, plannerIntervalMs: 200, rpcGatewayUrl: () => gatewayUrl,
+    settings: { leaseSeconds: 120, loopIntervalMs: 200 } });
+  try {
+    const ready: Array<Promise<unknown>> = [];
+    for (let i = 0; i < WORKERS; i++) {
+      const c = spawnJsonChild(process.execPath, ['--import', 'tsx', `${ROOT}test/chain-sync/worker-child.ts`], {
+        PATH: process.env.PATH, NODE_ENV: 'production', TRACE_DISPATCHER_URL: st.url, TRACE_WORKER_TOKEN: st.workerToken, TRACE_QUEUE_DATABASE_URL: dbs.stateUrl,
+        OBJECT_ROOT: st.objectRoot, TRACE_RPC_GATEWAY_URL: gatewayUrl, WORKER_ID: `bench-${i}`, WORKER_CONCURRENCY: String(CONCURRENCY), HEARTBEAT_MS: '10000',
+      }, () => undefined);
+      children.push(c);
+      ready.push(new Promise((r) => c.stdout!.once('data', r)));
+    }
+    await Promise.all(ready);
+    // Warm-up: a small sync of other dataset keys (JIT, DuckDB, pools).
+    const warm = fixedYaml('warm', 1337, 600, { chunk: 100, inflight: 3 }).replace(/^ {2}(blocks|transactions|logs):$/gm, '  warm_$1:');
+    if ((await st.api('POST', '/v1/chain-sync', warm)).status !== 201) throw new Error('warm-up apply failed');
+    await until('warm-up', async () => (await st.state.query(`SELECT 1 FROM chain_sync_jobs WHERE name = 'warm' AND completed_at IS NOT NULL`)).rows.length === 1, 120_000, 50);
+    const started = Date.now();
+    const r = await st.api('POST', '/v1/chain-sync', fixedYaml('bench', 1337, end, { chunk: CHUNK, inflight: Math.max(2, Math.ceil((2 * WORKERS * CONCURRENCY) / 3)) }));
+    if (r.status !== 201) throw new Error(`apply failed: ${JSON.stringify(r.body)}`);
+    await until('sync', async () => (await st.state.query(`SELECT 1 FROM chain_sync_jobs WHERE name = 'bench' AND completed_at IS NOT NULL`)).rows.length === 1, 900_000, 20);
+    const seconds = (Date.now() - started) / 1000;
+    for (const c of children.slice(2)) workerCpu.push(cpuSeconds(c));
+    const s = (await st.api('GET', '/v1/chain-sync/bench')).body as { streams: Array<{ committed_blocks: number }> };
+    if (!s.streams.every((x) => x.committed_blocks === end)) throw new Error('the sync did not commit every block');
+    return { seconds };
+  } finally {
+    await st.stop();
+    await dbs.close();
+  }
+}
+
+export async function chainBench(): Promise<void> {
+  const children: ChildProcess[] = [];
+  try {
+    const info = (await child([`${ROOT}bench/chain-node.ts`, String(BLOCKS), String(TX_BLOCKS), String(TX_PER_BLOCK)], {}, children)) as { url: string; txs: number };
+    const gw = (await child([`${ROOT}bench/chain-gateway.ts`, info.url], {}, children)) as { url: string };
+    const end = BLOCKS;
+    const txs = info.txs;
+    const common = { bench: 'chain', blocks: end, transactions: txs, chunk_size: CHUNK, worker_processes: WORKERS, worker_concurrency: CONCURRENCY,
+      streams: 'blocks,transactions,logs', node: 'ganache 7', backend: 'postgres' };
+    await rawFetch(info.url, Math.min(end, 1000), true); // warm the node
+    const same = await rawFetch(info.url, end, true);
+    const min = await rawFetch(info.url, end, false);
+    const c0 = [cpuSeconds(children[0]!), cpuSeconds(children[1]!)];
+    const m0 = process.cpuUsage();
+    const workerCpu: number[] = [];
+    const e2e = await endToEnd(gw.url, end, children, workerCpu);
+    const m1 = process.cpuUsage(m0);
+    const sameBps = end / same.seconds;
+    const e2eBps = end / e2e.seconds;
+    report({ ...common, system: 'raw_jsonrpc_same_calls', metric: 'blocks_per_second', value: round(sameBps, 0), unit: 'blocks/s' });
+    report({ ...common, system: 'raw_jsonrpc_same_calls', metric: 'transactions_per_second', value: round(txs / same.seconds, 0), unit: 'tx/s' });
+    report({ ...common, system: 'raw_jsonrpc_min', metric: 'blocks_per_second', value: round(end / min.seconds, 0), unit: 'blocks/s' });
+    report({ ...common, system: 'trace', metric: 'blocks_per_second', value: round(e2eBps, 0), unit: 'blocks/s' });
+    report({ ...common, system: 'trace', metric: 'transactions_per_second', value: round(txs / e2e.seconds, 0), unit: 'tx/s' });
+    report({ ...common, system: 'trace', metric: 'throughput_vs_raw_fetch', value: round(e2eBps / sameBps, 3), unit: 'ratio', target: 0.8 });
+    report({ ...common, system: 'trace', metric: 'throughput_vs_raw_min_fetch', value: round(e2eBps / (end / min.seconds), 3), unit: 'ratio' });
+    // Where the CPU went during the end-to-end run (warm-up included); the machine's cores are shared by all of it.
+    report({ ...common, system: 'trace', metric: 'cpu_seconds', value: {
+      node: round(cpuSeconds(children[0]!) - c0[0]!, 1), rpc_gateway: round(cpuSeconds(children[1]!) - c0[1]!, 1),
+      workers: round(workerCpu.reduce((a, b) => a + b, 0), 1), dispatcher_process: round((m1.user + m1.system) / 1e6, 1), cores: availableParallelism(),
+    }, unit: 's' });
+  } finally {
+    for (const c of children) c.kill('SIGTERM');
+  }
+}
+
+if (process.argv[1] && new URL(import.meta.url).pathname === process.argv[1]) await chainBench();
