@@ -5,11 +5,13 @@
 import { orchestrationBench } from './orchestration.js';
 import { udfBench } from './udf.js';
 import { queryBench } from './query.js';
+import { chainBench } from './chain.js';
 
 const SUITES: Record<string, () => Promise<void>> = {
   orchestration: orchestrationBench,
   query: queryBench,
   udf: udfBench,
+  chain: chainBench,
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -10,9 +10,9 @@ import { CAPABILITY_AUDIENCE } from './jwt-common.js';
 /** Where a granted dataset version lives, for trusted attach by the Query Service. */
 export type StorageRef =
   /** Local object store: `prefix` is an absolute directory path ending in `/`. */
-  | { scheme: 'file'; prefix: string; glob: string }
+  | { scheme: 'file'; prefix: string; glob: string; manifest?: string }
   /** S3: `prefix` is a key prefix inside `bucket` (no leading `/`), ending in `/`. */
-  | { scheme: 's3'; bucket: string; prefix: string; glob: string };
+  | { scheme: 's3'; bucket: string; prefix: string; glob: string; manifest?: string };
 
 /** One dataset version the task may read through `/v1/task/query`. */
 export interface DatasetGrant {
@@ -73,6 +73,8 @@ const fileStorageRef = z.strictObject({
     .max(1024)
     .refine((s) => s.startsWith('/') && s.endsWith('/') && plainPath(s), 'must be an absolute directory path ending in /'),
   glob,
+  /** A manifest listing the exact files of the version (relative to the prefix), e.g. a chain-sync view. */
+  manifest: glob.optional(),
 });
 
 const s3StorageRef = z.strictObject({
@@ -84,6 +86,7 @@ const s3StorageRef = z.strictObject({
     .max(1024)
     .refine((s) => !s.startsWith('/') && s.endsWith('/') && plainPath(s), 'must be a key prefix ending in /'),
   glob,
+  manifest: glob.optional(),
 });
 
 export const storageRefSchema: z.ZodType<StorageRef> = z.discriminatedUnion('scheme', [fileStorageRef, s3StorageRef]);

@@ -4,14 +4,15 @@ import { ApiError } from './client.js';
 import { dagActivate, dagDeploy, dagTrigger, dagVersions } from './commands/dag.js';
 import { tasks } from './commands/tasks.js';
 import { udfCommands } from './commands/udf.js';
+import { chainSyncCommands } from './commands/chain-sync.js';
 import { sinkCommands } from './commands/sink.js';
 import { datasetsList, datasetsRegister, queryCmd, queryServiceCmd } from './commands/query.js';
-import { deliveryCmd, dispatcherCmd, gatewayCmd, liteUp, migrateCmd, tokenDevUser, workerCmd } from './commands/platform.js';
+import { deliveryCmd, dispatcherCmd, gatewayCmd, liteUp, migrateCmd, rpcGatewayCmd, tokenDevUser, workerCmd } from './commands/platform.js';
 
 /** Every command of the `trace` binary, by its words. */
 const COMMANDS: Command[] = [
-  liteUp, migrateCmd, dispatcherCmd, workerCmd, gatewayCmd, queryServiceCmd, deliveryCmd, ...sinkCommands,
-  queryCmd, datasetsList, datasetsRegister,
+  liteUp, migrateCmd, dispatcherCmd, workerCmd, gatewayCmd, rpcGatewayCmd, queryServiceCmd, deliveryCmd, ...sinkCommands,
+  queryCmd, datasetsList, datasetsRegister, ...chainSyncCommands,
   dagDeploy, dagVersions, dagActivate, dagTrigger, tasks, tokenDevUser, ...udfCommands,
 ];
 

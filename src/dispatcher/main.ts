@@ -19,6 +19,7 @@ import { AwsLambdaInvoker } from '../udf/invoker.js';
 import { udfPlugin, UdfExecutor, withAttemptScopes, StsCredentialMinter, bundleUrlPresigner } from './udf/index.js';
 import { alertingPlugin, alertEvaluateContext, createAlertRouteStore } from '../alerting/index.js';
 import { allowHttpLoopbackFromEnv } from '../delivery/net/index.js';
+import { chainSyncPlugin } from './chain-sync/index.js';
 
 /**
  * `trace dispatcher`: the Dispatcher as its own service on real Postgres. Every secret comes
@@ -80,6 +81,7 @@ export async function runDispatcherProcess(penv: NodeJS.ProcessEnv, opts: { host
       ...(s3Store ? { credentials: new StsCredentialMinter({ client: new STSClient({}), roleArn: penv.TRACE_TASK_CREDENTIALS_ROLE_ARN!, rootUrl: store.rootUrl }) } : {}),
     }),
     alertingPlugin({ data, allowHttpLoopback: allowHttpLoopbackFromEnv(penv) }),
+    chainSyncPlugin({ objectStore: store }),
   ]);
   await d.start({ host: opts.host ?? '127.0.0.1', port: opts.port ?? DEFAULT_PORTS.dispatcher });
   self.url = d.url!;

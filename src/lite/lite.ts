@@ -16,6 +16,10 @@ import { startWorker, type WorkerHandle } from '../worker/worker.js';
 import { TaskClient } from '../worker/task-client.js';
 import { loadOrCreateSecrets } from './secrets.js';
 import { startQueryService } from './query.js';
+import { chainSyncPlugin } from '../dispatcher/chain-sync/index.js';
+import { createCryoIngestOperator } from '../operators/cryo_ingest/operator.js';
+import { startDemo } from './demo.js';
+import { startRpcGateway } from '../rpc-gateway/gateway.js';
 import { startGateway, gatewaySettingsFromEnv } from '../gateway/main.js';
 import { openObjectStore } from '../objectstore/open.js';
 import { udfPlugin, UdfExecutor, withAttemptScopes } from '../dispatcher/udf/index.js';
@@ -37,6 +41,8 @@ export interface LiteOptions {
   settings?: Partial<DispatcherSettings>;
   includeTestOperators?: boolean;
   log?: Logger;
+  /** Start a local dev chain and a follow_head chain sync against it. */
+  demo?: boolean;
   /** Heartbeat interval override for in-process workers (tests). */
   heartbeatMs?: number;
 }
@@ -100,6 +106,9 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
     const queue = new PgQueue(dbs.queue);
     const registryOpts = { includeTestOperators: opts.includeTestOperators ?? false, alertRouteStore: createAlertRouteStore(dbs.data) };
     const registry = operatorRegistry(registryOpts);
+    // Operators reach chain RPC only through the RPC egress gateway (the demo starts one).
+    const rpcGateway: { url?: string } = { url: (opts.env ?? process.env).TRACE_RPC_GATEWAY_URL };
+    registry.set('cryo_ingest', createCryoIngestOperator({ objectStore: store, rpcGatewayUrl: () => rpcGateway.url }));
     const host = opts.host ?? '127.0.0.1';
     const self: { url?: string; queryUrl?: string } = {};
     const executor = new InProcessExecutor({ dispatcherUrl: () => self.url, registry, log });
@@ -126,6 +135,7 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
     }, [], [
       udfPlugin({ store, publicUrl: () => self.url!, uploadSecret }),
       alertingPlugin({ data: dbs.data, allowHttpLoopback: loopback }),
+      chainSyncPlugin({ objectStore: store, rpcGatewayUrl: () => rpcGateway.url }),
     ]);
     await dispatcher.start({ host, port: opts.ports?.dispatcher ?? DEFAULT_PORTS.dispatcher });
     dispatcherStarted = dispatcher;
@@ -180,6 +190,15 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
       pid: process.pid,
       started_at: new Date().toISOString(),
     };
+    if (!opts.demo && !rpcGateway.url && Object.keys(env.rpcPools).length > 0) {
+      const gw = await startRpcGateway({ pools: env.rpcPools, host, port: opts.ports?.rpcGateway ?? DEFAULT_PORTS.rpcGateway, log: log.child({ component: 'rpc-gateway' }) });
+      rpcGateway.url = gw.url;
+      services.push(() => gw.close());
+    }
+    if (opts.demo) {
+      const demo = await startDemo({ dispatcherUrl, adminToken: info.admin_token, host, onGateway: (url) => { rpcGateway.url = url; } });
+      services.push(() => demo.stop());
+    }
     await writeFile(liteJsonPath(home), JSON.stringify(info, null, 2), { mode: 0o600 });
     let stopped = false;
     return {

@@ -16,6 +16,7 @@ import { testFlaky } from './test_flaky/index.js';
 import { testEmit } from './test_emit/index.js';
 import { alertEvaluate } from './alert_evaluate/index.js';
 import { udfOperator } from './udf/index.js';
+import { cryoIngest } from './cryo_ingest/operator.js';
 import { alertRouteInfo, createAlertRoute, type AlertRouteStore } from './alert_route/index.js';
 
 export interface RegistryOptions {
@@ -24,7 +25,7 @@ export interface RegistryOptions {
   alertRouteStore?: AlertRouteStore;
 }
 
-const PUBLIC_OPERATORS: readonly Operator[] = [cursorEmitter, rangeAggregator, rangeSplitter, noop, alertEvaluate, udfOperator];
+const PUBLIC_OPERATORS: readonly Operator[] = [cursorEmitter, rangeAggregator, rangeSplitter, noop, alertEvaluate, udfOperator, cryoIngest];
 const TEST_OPERATORS: readonly Operator[] = [testSleep, testFail, testFlaky, testEmit];
 
 export function operatorRegistry(opts: RegistryOptions = {}): Map<string, Operator> {

@@ -28,7 +28,7 @@ export const liteUp: Command = {
     const workers = intOption(values.workers, 'workers', 0) ?? 2;
     if (values.home) process.env.TRACE_HOME = String(values.home);
     const log = createLogger('trace-lite');
-    const lite = await startLite({ workers, log, ...(values.home ? { home: String(values.home) } : {}) });
+    const lite = await startLite({ workers, log, demo: values.demo === true, ...(values.home ? { home: String(values.home) } : {}) });
     const i = lite.info;
     process.stderr.write(
       `Trace is up (${i.profile} profile, home ${i.home})\n` +
@@ -41,7 +41,6 @@ export const liteUp: Command = {
       `  written to   ${i.home}/lite.json\n` +
       `Try: trace dag deploy examples/dags/hello_ranges.yaml --activate\n`,
     );
-    if (values.demo) process.stderr.write('--demo needs the chain sync feature, which this build does not include yet\n');
     const sig = await untilSignal();
     log.info({ signal: sig }, 'shutting down');
     await lite.stop();
@@ -140,5 +139,22 @@ export const deliveryCmd: Command = {
     const h = await runDeliveryProcess(process.env);
     await untilSignal();
     await h.stop();
+  },
+};
+
+export const rpcGatewayCmd: Command = {
+  name: 'rpc-gateway',
+  summary: 'Run the RPC egress gateway: the only path from workers to chain RPC providers, one pool per TRACE_RPC_POOL_<NAME>_URL.',
+  usage: 'trace rpc-gateway [--host H] [--port P]',
+  options: { host: { type: 'string' }, port: { type: 'string' } },
+  async run({ values }) {
+    const { startRpcGateway } = await import('../../rpc-gateway/gateway.js');
+    const pools = readEnv().rpcPools;
+    if (Object.keys(pools).length === 0) throw new UsageError('no RPC pools: set TRACE_RPC_POOL_<NAME>_URL (comma-separated provider URLs)');
+    const port = intOption(values.port, 'port', 0);
+    const gw = await startRpcGateway({ pools, log: createLogger('rpc-gateway'), ...(values.host ? { host: String(values.host) } : {}), ...(port !== undefined ? { port } : {}) });
+    process.stderr.write(`rpc gateway listening on ${gw.url} with pools ${Object.keys(pools).join(', ')}\n`);
+    await untilSignal();
+    await gw.close();
   },
 };
