@@ -174,8 +174,29 @@ export function createUserVerifier(cfg: UserVerifierConfig): UserVerifier {
     throw new TypeError('user verifier mode must be dev or oidc');
   }
 
+  // Verified tokens are remembered briefly (at most 60 s and never past their exp), so a client
+  // reusing its token does not pay for signature checks on every request.
+  const cache = new Map<string, { identity: UserIdentity; untilMs: number }>();
+  const CACHE_MAX = 1000;
+
   return {
     async verify(authorizationHeader) {
+      if (typeof authorizationHeader === 'string') {
+        const hit = cache.get(authorizationHeader);
+        if (hit && hit.untilMs > clock()) return hit.identity;
+        if (hit) cache.delete(authorizationHeader);
+      }
+      const identity = await verifyUncached(authorizationHeader);
+      const exp = typeof identity.claims.exp === 'number' ? identity.claims.exp * 1000 : 0;
+      if (typeof authorizationHeader === 'string') {
+        if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value!);
+        cache.set(authorizationHeader, { identity, untilMs: Math.min(exp, clock() + 60_000) });
+      }
+      return identity;
+    },
+  };
+
+  async function verifyUncached(authorizationHeader: string | undefined | null): Promise<UserIdentity> {
       try {
         if (typeof authorizationHeader !== 'string' || authorizationHeader.trim() === '') throw new Rejection('missing token');
         const m = BEARER_RE.exec(authorizationHeader);
@@ -209,8 +230,7 @@ export function createUserVerifier(cfg: UserVerifierConfig): UserVerifier {
       } catch (e) {
         throw userError(e);
       }
-    },
-  };
+  }
 }
 
 /** Mints a dev-mode user token (HS256, iss trace-dev, aud trace.user) for `trace token dev-user` and tests. */
