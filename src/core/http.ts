@@ -74,3 +74,31 @@ export async function listen(app: FastifyInstance, host: string, port: number): 
   if (addr === null || typeof addr === 'string') throw new Error('server has no TCP address');
   return `http://${host.includes(':') ? `[${host}]` : host}:${addr.port}`;
 }
+
+/** A started HTTP service: its base URL and an idempotent stop. */
+export interface ServedApp {
+  url: string;
+  app: FastifyInstance;
+  stop(): Promise<void>;
+}
+
+/** Listens (closing the app if binding fails) and returns a handle whose stop may be called twice. */
+export async function serve(app: FastifyInstance, host: string, port: number): Promise<ServedApp> {
+  let url: string;
+  try {
+    url = await listen(app, host, port);
+  } catch (e) {
+    await app.close().catch(() => undefined);
+    throw e;
+  }
+  let stopped = false;
+  return {
+    url,
+    app,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await app.close();
+    },
+  };
+}

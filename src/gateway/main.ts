@@ -1,6 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import { DEFAULT_PORTS, readEnv } from '../core/config.js';
-import { listen } from '../core/http.js';
+import { serve } from '../core/http.js';
 import { createLogger, type Logger } from '../core/log.js';
 import { createUserVerifier, userVerifierConfigFromEnv, type UserVerifier } from '../auth/user.js';
 import { parseCorsOrigins } from './cors.js';
@@ -34,23 +34,7 @@ export async function startGateway(opts: StartGatewayOptions): Promise<GatewayHa
     cors: { allowedOrigins: opts.corsOrigins ?? [] },
     log,
   });
-  let url: string;
-  try {
-    url = await listen(app, opts.host ?? '127.0.0.1', opts.port ?? DEFAULT_PORTS.gateway);
-  } catch (e) {
-    await app.close().catch(() => undefined);
-    throw e;
-  }
-  let stopped = false;
-  return {
-    url,
-    app,
-    async stop() {
-      if (stopped) return;
-      stopped = true;
-      await app.close();
-    },
-  };
+  return serve(app, opts.host ?? '127.0.0.1', opts.port ?? DEFAULT_PORTS.gateway);
 }
 
 const ENV_LIMITS: Array<[keyof GatewayLimits, string]> = [

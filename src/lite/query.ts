@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { Db } from '../db/db.js';
 import type { Logger } from '../core/log.js';
-import { listen } from '../core/http.js';
+import { serve } from '../core/http.js';
 import type { UserVerifier } from '../auth/user.js';
 import type { CapabilityVerifier } from '../auth/capability.js';
 import { buildQueryApp, type QueryServiceConfig } from '../query/service.js';
@@ -33,21 +33,5 @@ export async function startQueryService(opts: StartQueryServiceOptions): Promise
     logger: opts.log,
     ...(opts.config ? { config: opts.config } : {}),
   });
-  let url: string;
-  try {
-    url = await listen(app, opts.host, opts.port);
-  } catch (e) {
-    await app.close().catch(() => undefined);
-    throw e;
-  }
-  let stopped = false;
-  return {
-    url,
-    app,
-    async stop() {
-      if (stopped) return;
-      stopped = true;
-      await app.close();
-    },
-  };
+  return serve(app, opts.host, opts.port);
 }
