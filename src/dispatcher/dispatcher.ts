@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { createHttpServer, listen } from '../core/http.js';
 import { DispatcherContext, type DispatcherDeps } from './service.js';
+import type { CompletionHook } from './tasks/complete.js';
 import { OutboxDrainer } from './outbox.js';
 import { Loop } from './loops.js';
 import { retryDueTasks } from './tasks/retry.js';
@@ -19,6 +20,8 @@ import { datasetAdminRoutes } from './http/dataset-admin-routes.js';
 export interface DispatcherPlugin {
   name: string;
   routes?(app: FastifyInstance, ctx: DispatcherContext): void;
+  /** Runs inside every Completed transition (see CompletionHook). */
+  completionHook?: CompletionHook;
   /** Each loop step returns true when it should run again at once. */
   loops?(ctx: DispatcherContext): Array<{ name: string; intervalMs: number; step(): Promise<boolean> }>;
 }
@@ -38,6 +41,7 @@ export class Dispatcher {
 
   constructor(deps: DispatcherDeps, extraRoutes: Array<(app: FastifyInstance, ctx: DispatcherContext) => void> = [], private readonly plugins: DispatcherPlugin[] = []) {
     this.ctx = new DispatcherContext(deps);
+    for (const p of plugins) if (p.completionHook) this.ctx.completionHooks.push(p.completionHook);
     this.app = createHttpServer({ log: deps.log, name: 'dispatcher' });
     this.app.get('/healthz', async () => ({ ok: true }));
     workerRoutes(this.app, this.ctx);

@@ -10,6 +10,7 @@ import { JobCache } from './jobs.js';
 import type { DispatcherSettings } from './settings.js';
 import { claimTask, type NotClaimedReason } from './tasks/claim.js';
 import { claimedTask } from './payload.js';
+import type { CompletionHook } from './tasks/complete.js';
 
 /** Runs a leased `lambda` or `dispatcher` runtime task (the Dispatcher invokes, never a queue). */
 export interface TaskExecutor {
@@ -38,6 +39,8 @@ export interface DispatcherDeps {
 /** Shared state of one Dispatcher process: dependencies plus the caches and kicks the parts use. */
 export class DispatcherContext {
   readonly jobs: JobCache;
+  /** Plugins' parts of the Completed transition, in plugin order. */
+  readonly completionHooks: CompletionHook[] = [];
   private kicks = new Set<() => void>();
 
   constructor(readonly deps: DispatcherDeps) {

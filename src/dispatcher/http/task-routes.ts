@@ -57,7 +57,7 @@ export function taskRoutes(app: FastifyInstance, ctx: DispatcherContext): void {
       operator_state: body.operator_state,
     };
     const r = (await completePlain(deps.state, body, completion))
-      ?? await deps.state.tx((q) => completeTask(q, body, completion, (id) => ctx.jobs.require(id), ctx.retryDelayMs));
+      ?? await deps.state.tx((q) => completeTask(q, body, completion, (id) => ctx.jobs.require(id), ctx.retryDelayMs, ctx.completionHooks));
     if (r.woke) ctx.kickOutbox();
     if (r.applied) req.log.info({ task_id: body.task_id, attempt: body.attempt, status: r.status }, 'task finished');
     return { ok: true, status: r.status, ...(r.retry_at ? { retry_at: r.retry_at.toISOString() } : {}) };

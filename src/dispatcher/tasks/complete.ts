@@ -3,7 +3,7 @@ import type { Queryable } from '../../db/db.js';
 import type { JobRow } from '../jobs.js';
 import { lockFenced } from './fence.js';
 import { recordEvents } from './events.js';
-import type { DatasetEvent, TaskRef, TaskStatus } from './types.js';
+import type { DatasetEvent, TaskRef, TaskRow, TaskStatus } from './types.js';
 
 export interface OperatorStateWrite {
   state_key: string;
@@ -30,6 +30,13 @@ export interface Completion {
   error_message: string | null;
   operator_state: OperatorStateWrite[];
 }
+
+/**
+ * A plugin's part in a Completed transition, run inside its transaction after the events are
+ * recorded. Returning true means the hook registered the task's publications itself (the
+ * generic registration is skipped); throwing refuses the completion and changes nothing.
+ */
+export type CompletionHook = (q: Queryable, task: TaskRow, job: JobRow, c: Completion) => Promise<boolean>;
 
 export interface CompletionResult {
   status: TaskStatus;
@@ -96,6 +103,7 @@ WITH t AS (
   WHERE id = $1 AND attempt = $2 AND lease_token = $3 AND status = 'Running'
     AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(inputs) e WHERE e ? 'cursor')
     AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = tasks.job_id AND j.scaling->'max_concurrency' IS NOT NULL)
+    AND NOT EXISTS (SELECT 1 FROM chain_sync_scheduled_ranges r WHERE r.task_id = tasks.id)
   RETURNING id, attempt, job_id
 ), a AS (
   UPDATE task_attempts SET status = 'Completed', finished_at = now(), error_message = NULL
@@ -122,6 +130,7 @@ export async function completeTask(
   c: Completion,
   getJob: (id: string) => Promise<JobRow>,
   retryDelayMs: (attempt: number) => number,
+  hooks: readonly CompletionHook[] = [],
 ): Promise<CompletionResult> {
   const { task, mode } = await lockFenced(q, ref);
   if (mode === 'finished') {
@@ -147,8 +156,10 @@ export async function completeTask(
     }
     const ev = await recordEvents(q, task, job, c.events);
     woke = ev.routed > 0;
+    let published = false;
+    for (const hook of hooks) published = (await hook(q, task, job, c)) || published;
     const owned = new Set(job.outputs.map((o) => o.dataset_uuid));
-    for (const [i, p] of c.datasets_published.entries()) {
+    for (const [i, p] of (published ? [] : c.datasets_published).entries()) {
       if (!owned.has(p.dataset_uuid)) {
         throw new TraceError(403, 'EVENT_NOT_OWNED', `datasets_published[${i}].dataset_uuid is not an output of this task's job`);
       }
