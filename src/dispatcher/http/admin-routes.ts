@@ -57,7 +57,8 @@ export function adminRoutes(app: FastifyInstance, ctx: DispatcherContext): void 
     const p = await auth(req);
     requireAdmin(p);
     const f = parseInput(z.strictObject({
-      dag: dagNameParam.optional(),
+      // chain sync tasks live under the hidden DAG `chain_sync:<name>`
+      dag: z.string().regex(/^(chain_sync:)?[a-z][a-z0-9_]{0,63}$/, 'must be a DAG name or chain_sync:<name>').optional(),
       job: jobNameParam.optional(),
       status: z.enum(['Queued', 'Running', 'Completed', 'Failed', 'Canceled']).optional(),
       limit: z.coerce.number().int().min(1).max(1000).default(100),
