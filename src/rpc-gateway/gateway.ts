@@ -50,7 +50,7 @@ type FailureKind = 'connect' | 'timeout' | 'rate_limited' | 'http_5xx' | 'http_a
 
 interface Forwarded {
   status: number;
-  text: string;
+  body: Buffer;
   provider: Provider;
   attempts: number;
 }
@@ -82,13 +82,14 @@ function classifyFetchError(e: unknown): FailureKind {
   return 'connect';
 }
 
-async function readCapped(res: Response, max: number): Promise<string> {
+/** The upstream body as bytes, unchanged (no UTF-8 decode and re-encode on the way through). */
+async function readCapped(res: Response, max: number): Promise<Buffer> {
   const declared = Number(res.headers.get('content-length') ?? NaN);
   if (Number.isFinite(declared) && declared > max) {
     await res.body?.cancel().catch(() => undefined);
     throw new ResponseTooLarge();
   }
-  if (!res.body) return '';
+  if (!res.body) return Buffer.alloc(0);
   const reader = res.body.getReader();
   const chunks: Uint8Array[] = [];
   let total = 0;
@@ -102,17 +103,33 @@ async function readCapped(res: Response, max: number): Promise<string> {
     }
     chunks.push(value);
   }
-  return Buffer.concat(chunks).toString('utf8');
+  return chunks.length === 1 ? Buffer.from(chunks[0]!.buffer, chunks[0]!.byteOffset, chunks[0]!.byteLength) : Buffer.concat(chunks, total);
 }
 
-const looksLikeJson = (text: string): boolean => /^\s*[[{]/.test(text);
+const looksLikeJsonText = (text: string): boolean => /^\s*[[{]/.test(text);
+
+/**
+ * `looksLikeJsonText` of the decoded body, read from the bytes: ASCII whitespace is skipped,
+ * `[`/`{` or any other ASCII byte decides; a non-ASCII byte (maybe Unicode whitespace) falls
+ * back to decoding the body.
+ */
+function looksLikeJson(body: Buffer): boolean {
+  for (let i = 0; i < body.length; i++) {
+    const b = body[i]!;
+    if (b === 0x20 || (b >= 0x09 && b <= 0x0d)) continue;
+    if (b === 0x5b || b === 0x7b) return true;
+    if (b < 0x80) return false;
+    return looksLikeJsonText(body.toString('utf8'));
+  }
+  return false;
+}
 
 /**
  * Some providers answer a rate limit with HTTP 200 and a JSON-RPC error (-32005, "limit
  * exceeded"); another key of the pool may still have capacity. Only small single answers
  * are inspected (errors are short; results are not parsed).
  */
-function isRateLimitAnswer(text: string): boolean {
+function isRateLimitText(text: string): boolean {
   if (text.length > 4096 || !/^\s*\{/.test(text)) return false;
   try {
     const v: unknown = JSON.parse(text);
@@ -121,6 +138,9 @@ function isRateLimitAnswer(text: string): boolean {
     return false;
   }
 }
+
+/** A UTF-8 body over 3 * 4096 bytes decodes to more than 4096 UTF-16 units: never inspected. */
+const isRateLimitAnswer = (body: Buffer): boolean => body.length <= 3 * 4096 && isRateLimitText(body.toString('utf8'));
 
 function summarise(body: unknown): { methods: string[]; batch: number } {
   const items = Array.isArray(body) ? body : [body];
@@ -184,7 +204,7 @@ export function buildRpcGateway(opts: RpcGatewayOptions): FastifyInstance {
   });
   app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: 'not found', code: 'NOT_FOUND' }));
 
-  async function attempt(p: Provider, body: string): Promise<{ status: number; text: string }> {
+  async function attempt(p: Provider, body: string): Promise<{ status: number; body: Buffer }> {
     const res = await fetch(p.url, {
       method: 'POST',
       headers: { 'content-type': 'application/json', accept: 'application/json' },
@@ -204,10 +224,10 @@ export function buildRpcGateway(opts: RpcGatewayOptions): FastifyInstance {
       await res.body?.cancel().catch(() => undefined);
       throw new UpstreamFailure('http_auth');
     }
-    const text = await readCapped(res, maxResponseBytes);
-    if (!looksLikeJson(text)) throw new UpstreamFailure('bad_response');
-    if (isRateLimitAnswer(text)) throw new UpstreamFailure('rate_limited');
-    return { status: res.status, text };
+    const answer = await readCapped(res, maxResponseBytes);
+    if (!looksLikeJson(answer)) throw new UpstreamFailure('bad_response');
+    if (isRateLimitAnswer(answer)) throw new UpstreamFailure('rate_limited');
+    return { status: res.status, body: answer };
   }
 
   async function forward(rt: PoolRuntime, body: string, ctx: Record<string, unknown>): Promise<Forwarded> {
@@ -257,7 +277,7 @@ export function buildRpcGateway(opts: RpcGatewayOptions): FastifyInstance {
         .code(out.status)
         .header('content-type', 'application/json; charset=utf-8')
         .header('x-trace-rpc-provider', String(out.provider.index))
-        .send(out.text);
+        .send(out.body);
     } catch (e) {
       const code = isTraceError(e) ? e.code : 'INTERNAL';
       log.warn({ ...ctx, code, ms: Date.now() - started }, 'rpc request failed');

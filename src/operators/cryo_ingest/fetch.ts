@@ -2,6 +2,11 @@ import { z } from 'zod';
 import { TraceError } from '../../core/errors.js';
 import { hexToNumber, toQuantity } from '../../chain/hex.js';
 import {
+  isRpcBlockWithHashes,
+  isRpcBlockWithTxs,
+  isRpcLogArray,
+  isRpcReceipt,
+  isRpcReceiptArray,
   rpcBlockWithHashesSchema,
   rpcBlockWithTxsSchema,
   rpcLogSchema,
@@ -23,7 +28,12 @@ import { RpcCallError, type RpcClient } from './rpc.js';
 export const chainError = (code: string, message: string, retryable = true): TraceError =>
   new TraceError(502, code, message, { extra: { retryable } });
 
-function parseOrThrow<T>(schema: z.ZodType<T>, v: unknown, what: string): T {
+/**
+ * `check` accepts exactly what `schema` accepts (see the guards in chain/types.ts) and costs a
+ * fraction of a parse; the schema runs only to describe a rejection.
+ */
+function parseOrThrow<T>(schema: z.ZodType<T>, check: (v: unknown) => boolean, v: unknown, what: string): T {
+  if (check(v)) return v as T;
   const r = schema.safeParse(v);
   if (!r.success) {
     const first = r.error.issues[0];
@@ -40,10 +50,11 @@ export async function fetchBlocks(rpc: RpcClient, start: number, end: number, fu
   const numbers = Array.from({ length: end - start }, (_, i) => start + i);
   const raw = await rpc.callMany(numbers.map((n) => ({ method: 'eth_getBlockByNumber', params: [toQuantity(n), fullTransactions] })));
   const schema = fullTransactions ? rpcBlockWithTxsSchema : rpcBlockWithHashesSchema;
+  const check = fullTransactions ? isRpcBlockWithTxs : isRpcBlockWithHashes;
   return raw.map((b, i) => {
     const n = numbers[i]!;
     if (b === null || b === undefined) throw chainError('CHAIN_BLOCK_MISSING', `the node has no block ${n} (is the range past the head?)`);
-    const block = parseOrThrow<RpcBlock>(schema, b, `block ${n}`);
+    const block = parseOrThrow<RpcBlock>(schema, check, b, `block ${n}`);
     if (hexToNumber(block.number) !== n) throw chainError('CHAIN_BAD_RESPONSE', `asked for block ${n}, got ${hexToNumber(block.number)}`);
     if (fullTransactions) {
       for (const tx of (block as RpcBlockWithTxs).transactions) {
@@ -72,7 +83,7 @@ export async function fetchReceipts(rpc: RpcClient, blocks: readonly RpcBlockWit
       const r = await rpc.callOptional<unknown>('eth_getBlockReceipts', [b.number]);
       if (!r.supported) return void fallback.push(b);
       if (r.result === null) throw chainError('CHAIN_BLOCK_MISSING', `the node has no receipts for block ${hexToNumber(b.number)}`);
-      const receipts = parseOrThrow(receiptsArraySchema, r.result, `receipt list of block ${hexToNumber(b.number)}`);
+      const receipts = parseOrThrow(receiptsArraySchema, isRpcReceiptArray, r.result, `receipt list of block ${hexToNumber(b.number)}`);
       addReceipts(out, b, receipts);
     }),
   );
@@ -82,7 +93,7 @@ export async function fetchReceipts(rpc: RpcClient, blocks: readonly RpcBlockWit
     const byBlock = new Map<string, RpcReceipt[]>();
     raw.forEach((r, i) => {
       if (r === null || r === undefined) throw chainError('CHAIN_RECEIPT_MISSING', 'the node has no receipt for a mined transaction');
-      const receipt = parseOrThrow(rpcReceiptSchema, r, `receipt of transaction ${hashes[i]}`);
+      const receipt = parseOrThrow(rpcReceiptSchema, isRpcReceipt, r, `receipt of transaction ${hashes[i]}`);
       const k = receipt.blockHash.toLowerCase();
       byBlock.set(k, [...(byBlock.get(k) ?? []), receipt]);
     });
@@ -118,7 +129,7 @@ export async function fetchLogs(rpc: RpcClient, start: number, end: number): Pro
   const collect = async (s: number, e: number): Promise<RpcLog[]> => {
     try {
       const raw = await rpc.call<unknown>('eth_getLogs', [{ fromBlock: toQuantity(s), toBlock: toQuantity(e - 1) }]);
-      return parseOrThrow(logsArraySchema, raw, `log list of blocks ${s}..${e - 1}`);
+      return parseOrThrow(logsArraySchema, isRpcLogArray, raw, `log list of blocks ${s}..${e - 1}`);
     } catch (err) {
       if (err instanceof RpcCallError && err.kind === 'too_many_results') {
         if (e - s <= 1) throw chainError('CHAIN_LOGS_TOO_LARGE', `the node refuses to return the logs of block ${s}`, false);

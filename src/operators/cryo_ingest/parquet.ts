@@ -1,3 +1,4 @@
+import { rmSync } from 'node:fs';
 import { mkdtemp, rename, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -140,37 +141,79 @@ export interface ParquetStageOptions {
   threads?: number;
 }
 
+interface IdleDb {
+  instance: DuckDBInstance;
+  conn: DuckDBConnection;
+  tempDir: string;
+  threads: string;
+}
+
+/**
+ * DuckDB instances of closed stages, tables dropped, kept for the next stage of this process:
+ * creating and tearing down an instance (and its temp directory) per range costs more CPU
+ * than the staging of a small range. At most `MAX_IDLE_DBS` wait; their temp directories are
+ * removed at exit.
+ */
+const MAX_IDLE_DBS = 4;
+const idleDbs: IdleDb[] = [];
+let exitHook = false;
+
+function keepIdle(db: IdleDb): boolean {
+  if (idleDbs.length >= MAX_IDLE_DBS) return false;
+  idleDbs.push(db);
+  if (!exitHook) {
+    exitHook = true;
+    process.once('exit', () => {
+      for (const d of idleDbs.splice(0)) rmSync(d.tempDir, { recursive: true, force: true });
+    });
+  }
+  return true;
+}
+
 /** Typed staging tables for one ingest; close it when done. */
 export class ParquetStage {
   readonly #instance: DuckDBInstance;
   readonly #conn: DuckDBConnection;
   readonly #tempDir: string;
   readonly #tables = new Set<CryoDataset>();
+  readonly #appenders = new Map<CryoDataset, DuckDBAppender>();
+  readonly #threads: string;
   #chain: Promise<unknown> = Promise.resolve();
+  /** Some DuckDB work failed: the instance is not handed to another stage. */
+  #broken = false;
 
-  private constructor(instance: DuckDBInstance, conn: DuckDBConnection, tempDir: string) {
+  private constructor(instance: DuckDBInstance, conn: DuckDBConnection, tempDir: string, threads: string) {
     this.#instance = instance;
     this.#conn = conn;
     this.#tempDir = tempDir;
+    this.#threads = threads;
   }
 
   static async open(opts: ParquetStageOptions = {}): Promise<ParquetStage> {
+    const threads = String(opts.threads ?? 2);
+    const i = idleDbs.findIndex((d) => d.threads === threads);
+    if (i >= 0) {
+      const d = idleDbs.splice(i, 1)[0]!;
+      return new ParquetStage(d.instance, d.conn, d.tempDir, threads);
+    }
     const tempDir = await mkdtemp(join(tmpdir(), 'trace-cryo-duckdb-'));
     const instance = await DuckDBInstance.create(':memory:', {
-      threads: String(opts.threads ?? 2),
+      threads,
       temp_directory: tempDir,
       preserve_insertion_order: 'true',
       autoinstall_known_extensions: 'false',
       autoload_known_extensions: 'false',
     });
     const conn = await instance.connect();
-    return new ParquetStage(instance, conn, tempDir);
+    return new ParquetStage(instance, conn, tempDir, threads);
   }
 
   /** Serialises DuckDB work (one connection, appenders are not re-entrant). */
   #serial<T>(fn: () => Promise<T>): Promise<T> {
     const next = this.#chain.then(fn, fn);
-    this.#chain = next.catch(() => undefined);
+    this.#chain = next.catch(() => {
+      this.#broken = true;
+    });
     return next;
   }
 
@@ -181,29 +224,54 @@ export class ParquetStage {
     this.#tables.add(dataset);
   }
 
+  /**
+   * Appends rows through one appender per dataset, kept open for the whole stage: DuckDB
+   * flushes it as its chunks fill, and the rest is flushed once before the table is read
+   * (count, duplicate check, copy), instead of a flush per appended batch.
+   */
   async append(dataset: CryoDataset, rows: readonly Row[]): Promise<void> {
     await this.ensureTable(dataset);
     if (rows.length === 0) return;
     const cols = CRYO_COLUMNS[dataset];
     await this.#serial(async () => {
-      const app = await this.#conn.createAppender(dataset);
+      let app = this.#appenders.get(dataset);
+      if (!app) {
+        app = await this.#conn.createAppender(dataset);
+        this.#appenders.set(dataset, app);
+      }
       try {
         for (const r of rows) {
           for (const c of cols) appendCell(app, c, r[c.name]);
           app.endRow();
         }
-        app.flushSync();
-      } finally {
-        app.closeSync();
+      } catch (e) {
+        // a half-appended row poisons the appender; drop it (the ingest fails anyway)
+        this.#appenders.delete(dataset);
+        try {
+          app.closeSync();
+        } catch {
+          // already failed
+        }
+        throw e;
       }
     });
   }
 
+  /** Makes appended rows visible to queries (call inside #serial). */
+  #flush(dataset: CryoDataset): void {
+    const app = this.#appenders.get(dataset);
+    if (!app) return;
+    this.#appenders.delete(dataset);
+    app.flushSync();
+    app.closeSync();
+  }
+
   async count(dataset: CryoDataset, start: number, end: number): Promise<number> {
     await this.ensureTable(dataset);
-    const r = await this.#serial(() =>
-      this.#conn.runAndReadAll(`SELECT count(*)::BIGINT AS n FROM "${dataset}" WHERE block_number >= ${int(start)} AND block_number < ${int(end)}`),
-    );
+    const r = await this.#serial(() => {
+      this.#flush(dataset);
+      return this.#conn.runAndReadAll(`SELECT count(*)::BIGINT AS n FROM "${dataset}" WHERE block_number >= ${int(start)} AND block_number < ${int(end)}`);
+    });
     return Number(r.getRowObjectsJS()[0]!.n);
   }
 
@@ -211,9 +279,10 @@ export class ParquetStage {
   async duplicateKeys(dataset: CryoDataset): Promise<number> {
     await this.ensureTable(dataset);
     const key = CRYO_SORT[dataset].map((k) => `"${k}"`).join(', ');
-    const r = await this.#serial(() =>
-      this.#conn.runAndReadAll(`SELECT count(*)::BIGINT AS n FROM (SELECT ${key} FROM "${dataset}" GROUP BY ${key} HAVING count(*) > 1)`),
-    );
+    const r = await this.#serial(() => {
+      this.#flush(dataset);
+      return this.#conn.runAndReadAll(`SELECT count(*)::BIGINT AS n FROM (SELECT ${key} FROM "${dataset}" GROUP BY ${key} HAVING count(*) > 1)`);
+    });
     return Number(r.getRowObjectsJS()[0]!.n);
   }
 
@@ -222,15 +291,19 @@ export class ParquetStage {
     const sql =
       `COPY (SELECT * FROM "${dataset}" WHERE block_number >= ${int(start)} AND block_number < ${int(end)} ORDER BY ${order}) ` +
       `TO ${sqlString(path)} (FORMAT parquet, COMPRESSION zstd)`;
-    await this.#serial(() => this.#conn.run(sql));
+    await this.#serial(() => {
+      this.#flush(dataset);
+      return this.#conn.run(sql);
+    });
   }
 
   async #median(dataset: CryoDataset, start: number, end: number): Promise<number> {
-    const r = await this.#serial(() =>
-      this.#conn.runAndReadAll(
+    const r = await this.#serial(() => {
+      this.#flush(dataset);
+      return this.#conn.runAndReadAll(
         `SELECT quantile_disc(block_number, 0.5)::BIGINT AS m FROM "${dataset}" WHERE block_number >= ${int(start)} AND block_number < ${int(end)}`,
-      ),
-    );
+      );
+    });
     const m = r.getRowObjectsJS()[0]?.m;
     const mid = m === null || m === undefined ? Math.floor((start + end) / 2) : Number(m);
     return Math.min(end - 1, Math.max(start + 1, mid));
@@ -271,6 +344,23 @@ export class ParquetStage {
 
   async close(): Promise<void> {
     await this.#chain.catch(() => undefined);
+    for (const app of this.#appenders.values()) {
+      try {
+        app.closeSync();
+      } catch {
+        this.#broken = true; // the stage is being discarded
+      }
+    }
+    this.#appenders.clear();
+    if (!this.#broken && idleDbs.length < MAX_IDLE_DBS) {
+      try {
+        for (const t of this.#tables) await this.#conn.run(`DROP TABLE IF EXISTS "${t}"`);
+        this.#tables.clear();
+        if (keepIdle({ instance: this.#instance, conn: this.#conn, tempDir: this.#tempDir, threads: this.#threads })) return;
+      } catch {
+        // not reusable; close it below
+      }
+    }
     this.#conn.closeSync();
     this.#instance.closeSync();
     await rm(this.#tempDir, { recursive: true, force: true });
