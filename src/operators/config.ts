@@ -5,6 +5,7 @@
 import type { z } from 'zod';
 import { formatPath, TraceError, type Problem } from '../core/errors.js';
 import type { TaskPayload } from '../worker/payload.js';
+import type { OperatorInfo } from '../dag/catalog-types.js';
 
 /**
  * Problems in `config`, with paths relative to the config object (`range_size`, `events[0].cursor`,
@@ -66,4 +67,19 @@ export function rangeOf(src: { start?: number; end?: number; partition_key?: str
     throw new TraceError(400, 'BAD_RANGE', `invalid range [${start}, ${end}): start and end must be integers with 0 <= start < end`);
   }
   return { start, end };
+}
+
+/**
+ * Catalog entry of a hidden test operator: any runtime and activation, never a UDF, config
+ * checked against `schema`. Only registered when test operators are asked for.
+ */
+export function testOperatorInfo(name: string, schema: z.ZodType): OperatorInfo {
+  return {
+    name,
+    runtimes: ['ecs_platform', 'dispatcher', 'lambda'],
+    udf: 'forbidden',
+    activations: ['source', 'reactive'],
+    hidden: true,
+    validateConfig: (config) => configProblems(schema, config),
+  };
 }

@@ -4,7 +4,7 @@
  * when `config.mid_task` is true.
  */
 import { z } from 'zod';
-import { configProblems, parseConfig } from '../config.js';
+import { parseConfig, testOperatorInfo } from '../config.js';
 import type { Operator, OperatorEvent } from '../types.js';
 
 const configSchema = z.strictObject({
@@ -13,14 +13,7 @@ const configSchema = z.strictObject({
 });
 
 export const testEmit: Operator = {
-  info: {
-    name: 'test_emit',
-    runtimes: ['ecs_platform', 'dispatcher', 'lambda'],
-    udf: 'forbidden',
-    activations: ['source', 'reactive'],
-    hidden: true,
-    validateConfig: (config) => configProblems(configSchema, config),
-  },
+  info: testOperatorInfo('test_emit', configSchema),
   async run(ctx) {
     const cfg = parseConfig('test_emit', configSchema, ctx.task.config);
     const events = cfg.events as unknown as OperatorEvent[];

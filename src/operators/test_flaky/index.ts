@@ -3,7 +3,7 @@
  * then succeeds (emitting `config.events` verbatim, if given).
  */
 import { z } from 'zod';
-import { configProblems, parseConfig } from '../config.js';
+import { parseConfig, testOperatorInfo } from '../config.js';
 import type { Operator, OperatorEvent } from '../types.js';
 
 const configSchema = z.strictObject({
@@ -13,14 +13,7 @@ const configSchema = z.strictObject({
 });
 
 export const testFlaky: Operator = {
-  info: {
-    name: 'test_flaky',
-    runtimes: ['ecs_platform', 'dispatcher', 'lambda'],
-    udf: 'forbidden',
-    activations: ['source', 'reactive'],
-    hidden: true,
-    validateConfig: (config) => configProblems(configSchema, config),
-  },
+  info: testOperatorInfo('test_flaky', configSchema),
   async run(ctx) {
     const cfg = parseConfig('test_flaky', configSchema, ctx.task.config);
     if (ctx.task.attempt <= cfg.fail_attempts) {

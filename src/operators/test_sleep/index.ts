@@ -4,7 +4,7 @@
  * operator, to test that the wrapper does not wait for it).
  */
 import { z } from 'zod';
-import { configProblems, parseConfig } from '../config.js';
+import { parseConfig, testOperatorInfo } from '../config.js';
 import type { Operator } from '../types.js';
 
 const configSchema = z.strictObject({
@@ -13,14 +13,7 @@ const configSchema = z.strictObject({
 });
 
 export const testSleep: Operator = {
-  info: {
-    name: 'test_sleep',
-    runtimes: ['ecs_platform', 'dispatcher', 'lambda'],
-    udf: 'forbidden',
-    activations: ['source', 'reactive'],
-    hidden: true,
-    validateConfig: (config) => configProblems(configSchema, config),
-  },
+  info: testOperatorInfo('test_sleep', configSchema),
   async run(ctx) {
     const cfg = parseConfig('test_sleep', configSchema, ctx.task.config);
     await new Promise<void>((resolve, reject) => {
