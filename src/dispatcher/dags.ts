@@ -90,6 +90,13 @@ async function insertVersion(q: Queryable, orgId: string, userId: string | null,
       problems.push({ path: `jobs[${ji}].inputs[${ei}].from.dataset`, message: `unknown dataset ${JSON.stringify(e.from.dataset)} (not in the registry and not published by this DAG)` });
     }
   }));
+  // The YAML schema knows webhook sources, but this Dispatcher has no ingress route for them:
+  // refuse rather than deploy a source that can never fire.
+  spec.jobs.forEach((j, ji) => {
+    if (j.source?.kind === 'webhook') {
+      problems.push({ path: `jobs[${ji}].source.kind`, message: 'webhook sources are not served by this deployment yet; use manual (the trigger route) or cron' });
+    }
+  });
   spec.publish.forEach((p) => {
     const prev = byName.get(p.name);
     if (prev && (prev.kind !== 'job_output' || prev.producer_dag_name !== spec.name || prev.producer_job_name !== p.from.job || prev.producer_output_index !== p.from.output)) {
