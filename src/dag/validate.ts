@@ -10,7 +10,7 @@
  * reported together with exact paths.
  */
 import { z } from 'zod';
-import type { OperatorCatalog, OperatorInfo, OperatorActivation, OperatorRuntime } from './catalog-types.js';
+import type { OperatorCatalog, OperatorInfo } from './catalog-types.js';
 import type { DagSpec, InputEdge, JobSpec, PublishSpec, Scalar, SourceSpec } from './types.js';
 import { ProblemList, dagInvalid, joinPath, type DagProblem, type Path, type PathSeg } from './problems.js';
 import { FORBIDDEN_KEYS } from './safe-yaml.js';
@@ -41,30 +41,10 @@ interface InputDraft {
   where?: Record<string, Scalar | Scalar[]>;
 }
 
-interface JobDraft {
-  index: number;
-  path: Path;
-  name?: string;
-  activation?: OperatorActivation;
-  runtime?: OperatorRuntime;
-  operator?: string;
-  op?: OperatorInfo;
-  outputs?: number;
-  inputs: InputDraft[];
-  execution_strategy?: JobSpec['execution_strategy'];
-  idle_timeout?: string;
-  update_strategy?: JobSpec['update_strategy'];
-  unique_key?: string[];
-  source?: SourceSpec;
-  bootstrap?: { reset_outputs: boolean };
-  secrets?: string[];
-  scaling?: { max_concurrency?: number };
-  timeout_seconds: number;
-  heartbeat_timeout_seconds: number;
-  max_attempts: number;
-  config: Rec;
-  udf?: { bundle_id: string; entrypoint: string };
-}
+/** A job being validated: the JobSpec fields, with the required ones still possibly missing. */
+type JobDraft = Omit<JobSpec, 'name' | 'activation' | 'runtime' | 'operator' | 'outputs' | 'inputs'>
+  & Partial<Pick<JobSpec, 'name' | 'activation' | 'runtime' | 'operator' | 'outputs'>>
+  & { index: number; path: Path; op?: OperatorInfo; inputs: InputDraft[] };
 
 interface PublishDraft {
   path: Path;
