@@ -1,4 +1,3 @@
-import { createHmac } from 'node:crypto';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { readEnv, liteJsonPath, DEFAULT_PORTS, type TraceEnv } from '../core/config.js';
 import { createLogger, type Logger } from '../core/log.js';
@@ -22,7 +21,7 @@ import { startDemo } from './demo.js';
 import { startRpcGateway } from '../rpc-gateway/gateway.js';
 import { startGateway, gatewaySettingsFromEnv } from '../gateway/main.js';
 import { openObjectStore } from '../objectstore/open.js';
-import { udfPlugin, UdfExecutor, withAttemptScopes } from '../dispatcher/udf/index.js';
+import { deriveUploadSecret, udfPlugin, UdfExecutor, withAttemptScopes } from '../dispatcher/udf/index.js';
 import { alertingPlugin, alertEvaluateContext, createAlertRouteStore } from '../alerting/index.js';
 import { allowHttpLoopbackFromEnv } from '../delivery/net/index.js';
 import { startSink } from '../sink/sink.js';
@@ -117,7 +116,7 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
       state: dbs.state, store, dispatcherUrl: () => self.url!, queryUrl: () => self.queryUrl ?? env.queryUrl ?? `http://127.0.0.1:${DEFAULT_PORTS.query}`,
       fallback: executor, context: alertEvaluateContext(dbs.data), log: log.child({ component: 'udf' }),
     });
-    const uploadSecret = createHmac('sha256', secrets.task_capability_secret).update('trace-upload-urls-v1').digest('base64url');
+    const uploadSecret = deriveUploadSecret(secrets.task_capability_secret);
     const dispatcher = new Dispatcher({
       state: dbs.state,
       queue,

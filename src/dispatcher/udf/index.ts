@@ -88,5 +88,5 @@ export {
   type CredentialGrant,
 } from './credentials.js';
 export { ensureBufferedDatasets, bufferedDatasetUuid, bufferedDatasetVersion, BUFFERED_DATASETS } from './dataset-events.js';
-export { uploadSignerFor, hmacUploadSigner, s3UploadSigner, type SignedUpload, type UploadSigner } from './uploads.js';
+export { deriveUploadSecret, uploadSignerFor, hmacUploadSigner, s3UploadSigner, type SignedUpload, type UploadSigner } from './uploads.js';
 export { pinnedBundle, finalizeBundle, openBundleUpload, bundleUrlPresigner, type PinnedBundle, type BundleView } from './bundles.js';

@@ -6,11 +6,20 @@
  * - S3: a presigned PUT (`S3ObjectStore.presignPut`). S3 cannot cap a presigned PUT's size, so
  *   whoever consumes the object checks its size again (bundle finalize, the sink).
  */
+import { createHmac } from 'node:crypto';
 import { TraceError } from '../../core/errors.js';
 import type { ObjectStore } from '../../objectstore/objectstore.js';
 import { S3ObjectStore } from '../../objectstore/s3.js';
 import { signUploadUrl } from '../../objectstore/signed-upload.js';
 import { DEFAULT_UPLOAD_PATH } from '../../objectstore/upload-route.js';
+
+/**
+ * The secret that signs the embedded profile's upload URLs when none is configured: derived
+ * from the task capability secret under its own label, so the two never share a key.
+ */
+export function deriveUploadSecret(capabilitySecret: string): string {
+  return createHmac('sha256', capabilitySecret).update('trace-upload-urls-v1').digest('base64url');
+}
 
 export interface SignedUpload {
   url: string;
