@@ -12,10 +12,10 @@ import { DuckDBInstance } from '@duckdb/node-api';
 import type { Db } from '../../src/db/db.js';
 import { PgQueue } from '../../src/queue/pgqueue.js';
 import { createCapabilityIssuer } from '../../src/auth/capability.js';
-import { createUserVerifier, mintDevUserToken } from '../../src/auth/user.js';
+import { mintDevUserToken } from '../../src/auth/user.js';
 import { operatorCatalog, operatorRegistry } from '../../src/operators/registry.js';
 import { Dispatcher } from '../../src/dispatcher/dispatcher.js';
-import { defaultSettings, type DispatcherSettings } from '../../src/dispatcher/settings.js';
+import type { DispatcherSettings } from '../../src/dispatcher/settings.js';
 import { bootstrapDeployment } from '../../src/dispatcher/identity.js';
 import { InProcessExecutor } from '../../src/dispatcher/executors.js';
 import { createLogger, silentLogger } from '../../src/core/log.js';
@@ -27,8 +27,8 @@ import { createCryoIngestOperator } from '../../src/operators/cryo_ingest/operat
 import { chainSyncPlugin, type ChainSyncPlugin } from '../../src/dispatcher/chain-sync/index.js';
 import { parseStorageRef, resolveStorageFiles } from '../../src/query/storage.js';
 import type { Operator } from '../../src/operators/types.js';
-import { FAST } from '../support/platform.js';
-import { TEST_SECRETS } from '../support/dispatcher.js';
+
+import { TEST_SECRETS, testDispatcherDeps } from '../support/dispatcher.js';
 import { tokenInitCode, word } from '../chain/ganache_chain.js';
 import { jsonRpcServer, type TestServer } from '../chain/support.js';
 
@@ -195,21 +195,17 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   const build = () => {
     const plugin = chainSyncPlugin({ objectStore: store, rpcGatewayUrl: gatewayUrl, plannerIntervalMs: opts.plannerIntervalMs ?? 200, headTickMs: 100 });
     const executor = new InProcessExecutor({ dispatcherUrl: () => url, registry, log: silentLogger });
-    const d = new Dispatcher({
+    const d = new Dispatcher(testDispatcherDeps({
       state: opts.state,
       queue,
       sendInTx: (q, name, bodies) => queue.sendInTx(q, name, bodies),
       issuer,
-      capabilityVerifier: issuer.verifier(),
-      userVerifier: createUserVerifier({ mode: 'dev', secret: TEST_SECRETS.user }),
-      workerToken: TEST_SECRETS.worker,
       catalog: operatorCatalog({ includeTestOperators: true }),
-      allowHiddenOperators: true,
       executors: { dispatcher: executor, lambda: executor },
       orgId: org_id,
-      settings: defaultSettings({ ...FAST, leaseSeconds: 3, ...opts.settings }),
+      settings: { leaseSeconds: 3, ...opts.settings },
       log: process.env.CS_LOG ? createLogger('dispatcher', process.env.CS_LOG) : silentLogger,
-    }, [], [plugin]);
+    }), [], [plugin]);
     return { d, plugin };
   };
 

@@ -5,6 +5,10 @@ import { createCapabilityIssuer } from '../../src/auth/capability.js';
 import { createUserVerifier, mintDevUserToken } from '../../src/auth/user.js';
 import { operatorCatalog, operatorRegistry } from '../../src/operators/registry.js';
 import { Dispatcher } from '../../src/dispatcher/dispatcher.js';
+import type { DispatcherDeps } from '../../src/dispatcher/service.js';
+import type { CapabilityIssuer } from '../../src/auth/capability.js';
+import type { OperatorCatalog } from '../../src/dag/catalog-types.js';
+import type { Logger } from '../../src/core/log.js';
 import { defaultSettings, type DispatcherSettings } from '../../src/dispatcher/settings.js';
 import { bootstrapDeployment } from '../../src/dispatcher/identity.js';
 import { InProcessExecutor } from '../../src/dispatcher/executors.js';
@@ -18,6 +22,38 @@ export const TEST_SECRETS = {
 };
 
 /**
+ * The Dispatcher dependencies every hand-built test Dispatcher shares: the test secrets, a dev
+ * user verifier, and the issuer's own verifier; the caller supplies what differs.
+ */
+export function testDispatcherDeps(o: {
+  state: Db;
+  queue: Queue;
+  sendInTx?: DispatcherDeps['sendInTx'];
+  issuer: CapabilityIssuer;
+  catalog: OperatorCatalog;
+  executors: DispatcherDeps['executors'];
+  orgId: string;
+  settings?: Partial<DispatcherSettings>;
+  log?: Logger;
+}): DispatcherDeps {
+  return {
+    state: o.state,
+    queue: o.queue,
+    ...(o.sendInTx ? { sendInTx: o.sendInTx } : {}),
+    issuer: o.issuer,
+    capabilityVerifier: o.issuer.verifier(),
+    userVerifier: createUserVerifier({ mode: 'dev', secret: TEST_SECRETS.user }),
+    workerToken: TEST_SECRETS.worker,
+    catalog: o.catalog,
+    allowHiddenOperators: true,
+    executors: o.executors,
+    orgId: o.orgId,
+    settings: defaultSettings({ ...FAST, ...o.settings }),
+    log: o.log ?? silentLogger,
+  };
+}
+
+/**
  * A Dispatcher built by hand on given databases, so tests can restart it, break its queue or
  * run two of them against the same state.
  */
@@ -29,21 +65,16 @@ export async function buildDispatcher(state: Db, opts: { queue?: Queue; inTx?: b
   const registry = operatorRegistry({ includeTestOperators: true });
   let url: string | undefined;
   const executor = new InProcessExecutor({ dispatcherUrl: () => url, registry, log: silentLogger });
-  const d = new Dispatcher({
+  const d = new Dispatcher(testDispatcherDeps({
     state,
     queue,
     ...(opts.inTx !== false && !opts.queue ? { sendInTx: (q, name, bodies) => pg.sendInTx(q, name, bodies) } : {}),
     issuer,
-    capabilityVerifier: issuer.verifier(),
-    userVerifier: createUserVerifier({ mode: 'dev', secret: TEST_SECRETS.user }),
-    workerToken: TEST_SECRETS.worker,
     catalog: operatorCatalog({ includeTestOperators: true }),
-    allowHiddenOperators: true,
     executors: { dispatcher: executor, lambda: executor },
     orgId: org_id,
-    settings: defaultSettings({ ...FAST, ...opts.settings }),
-    log: silentLogger,
-  });
+    ...(opts.settings ? { settings: opts.settings } : {}),
+  }));
   return {
     dispatcher: d,
     pgQueue: pg,

@@ -13,16 +13,16 @@ import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import { freshDbs, type TestDbs } from '../support/db.js';
-import { TEST_SECRETS } from '../support/dispatcher.js';
-import { FAST, waitFor } from '../support/platform.js';
+import { TEST_SECRETS, testDispatcherDeps } from '../support/dispatcher.js';
+import { waitFor } from '../support/platform.js';
 import { writeParquet } from '../query/support.js';
 import { PgQueue } from '../../src/queue/pgqueue.js';
 import { createCapabilityIssuer, type CapabilityIssuer } from '../../src/auth/capability.js';
-import { createUserVerifier, mintDevUserToken } from '../../src/auth/user.js';
+import { mintDevUserToken } from '../../src/auth/user.js';
 import { operatorRegistry } from '../../src/operators/registry.js';
 import type { Operator, OperatorCatalog, OperatorInfo } from '../../src/operators/types.js';
 import { Dispatcher, type DispatcherPlugin } from '../../src/dispatcher/dispatcher.js';
-import { defaultSettings, type DispatcherSettings } from '../../src/dispatcher/settings.js';
+import type { DispatcherSettings } from '../../src/dispatcher/settings.js';
 import { bootstrapDeployment } from '../../src/dispatcher/identity.js';
 import { InProcessExecutor } from '../../src/dispatcher/executors.js';
 import { silentLogger, type Logger } from '../../src/core/log.js';
@@ -116,21 +116,17 @@ export async function buildUdfPlatform(backend: 'postgres' | 'pglite', opts: Pla
     udfPlugin({ store, publicUrl: () => self.url, uploadSecret: UPLOAD_SECRET }),
     alertingPlugin({ data: dbs.data, allowHttpLoopback: opts.loopback ?? true }),
   ];
-  const dispatcher = new Dispatcher({
+  const dispatcher = new Dispatcher(testDispatcherDeps({
     state: dbs.state,
     queue,
     sendInTx: (q, name, bodies) => queue.sendInTx(q, name, bodies),
     issuer,
-    capabilityVerifier: issuer.verifier(),
-    userVerifier: createUserVerifier({ mode: 'dev', secret: TEST_SECRETS.user }),
-    workerToken: TEST_SECRETS.worker,
     catalog: catalogOf(registry),
-    allowHiddenOperators: true,
     executors: { dispatcher: inproc, lambda: executor },
     orgId: org_id,
-    settings: defaultSettings({ ...FAST, ...opts.settings }),
+    ...(opts.settings ? { settings: opts.settings } : {}),
     log,
-  }, [], plugins);
+  }), [], plugins);
   await dispatcher.start({ host: '127.0.0.1', port: 0 });
   self.url = dispatcher.url!;
 
