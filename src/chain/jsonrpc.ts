@@ -34,6 +34,20 @@ export const jsonRpcRequestSchema = z.object({
   params: z.union([z.array(z.unknown()), z.record(z.string(), z.unknown())]).optional(),
 });
 
+/**
+ * Accepts exactly what `jsonRpcRequestSchema` accepts, at a fraction of the cost (the gateway
+ * checks every item of every batch); the schema runs only to describe a rejection.
+ */
+export function isJsonRpcRequest(v: unknown): boolean {
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) return false;
+  const o = v as Record<string, unknown>;
+  if (o.jsonrpc !== '2.0') return false;
+  if (typeof o.method !== 'string' || !METHOD_RE.test(o.method)) return false;
+  if (o.id !== undefined && o.id !== null && typeof o.id !== 'number' && !(typeof o.id === 'string' && o.id.length <= 256)) return false;
+  if (o.params !== undefined && (o.params === null || typeof o.params !== 'object')) return false;
+  return true;
+}
+
 export const jsonRpcErrorSchema = z.object({
   code: z.number(),
   message: z.string(),

@@ -3,7 +3,8 @@ import { z } from 'zod';
 import { TraceError, badRequest, formatPath, isTraceError, notFound } from '../core/errors.js';
 import { DEFAULTS, DEFAULT_PORTS, readEnv } from '../core/config.js';
 import { createLogger, type Logger } from '../core/log.js';
-import { classifyRpcError, isJsonRpcResponse, jsonRpcRequestSchema } from '../chain/jsonrpc.js';
+import { classifyRpcError, isJsonRpcRequest, isJsonRpcResponse, jsonRpcRequestSchema } from '../chain/jsonrpc.js';
+import { HttpTransportError, httpRequestRaw, type HttpRawResult } from '../core/http-client.js';
 import { Limiter } from './limiter.js';
 import { DEFAULT_HEALTH, type HealthPolicy, type Provider, ProviderPool, parseRetryAfter } from './providers.js';
 
@@ -73,38 +74,11 @@ class ResponseTooLarge extends Error {}
 
 function classifyFetchError(e: unknown): FailureKind {
   if (e instanceof UpstreamFailure) return e.kind;
-  const name = (e as { name?: string } | null)?.name;
-  if (name === 'TimeoutError' || name === 'AbortError') return 'timeout';
-  const cause = (e as { cause?: { code?: string; name?: string } } | null)?.cause;
-  if (cause?.name === 'TimeoutError' || cause?.code === 'UND_ERR_HEADERS_TIMEOUT' || cause?.code === 'UND_ERR_BODY_TIMEOUT') {
-    return 'timeout';
-  }
+  if (e instanceof HttpTransportError && e.timedOut) return 'timeout';
   return 'connect';
 }
 
-/** The upstream body as bytes, unchanged (no UTF-8 decode and re-encode on the way through). */
-async function readCapped(res: Response, max: number): Promise<Buffer> {
-  const declared = Number(res.headers.get('content-length') ?? NaN);
-  if (Number.isFinite(declared) && declared > max) {
-    await res.body?.cancel().catch(() => undefined);
-    throw new ResponseTooLarge();
-  }
-  if (!res.body) return Buffer.alloc(0);
-  const reader = res.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.byteLength;
-    if (total > max) {
-      await reader.cancel().catch(() => undefined);
-      throw new ResponseTooLarge();
-    }
-    chunks.push(value);
-  }
-  return chunks.length === 1 ? Buffer.from(chunks[0]!.buffer, chunks[0]!.byteOffset, chunks[0]!.byteLength) : Buffer.concat(chunks, total);
-}
+const headerValue = (v: string | string[] | undefined): string | null => (Array.isArray(v) ? (v[0] ?? null) : (v ?? null));
 
 const looksLikeJsonText = (text: string): boolean => /^\s*[[{]/.test(text);
 
@@ -151,6 +125,7 @@ function summarise(body: unknown): { methods: string[]; batch: number } {
 function validateBody(body: unknown, maxBatchItems: number): void {
   const problems: Array<{ path: string; message: string }> = [];
   const check = (item: unknown, prefix: Array<string | number>) => {
+    if (isJsonRpcRequest(item)) return;
     const r = jsonRpcRequestSchema.safeParse(item);
     if (!r.success) {
       for (const issue of r.error.issues) problems.push({ path: formatPath([...prefix, ...issue.path]), message: issue.message });
@@ -182,9 +157,10 @@ export function buildRpcGateway(opts: RpcGatewayOptions): FastifyInstance {
   for (const [rawName, urls] of Object.entries(opts.pools)) {
     const name = rawName.toLowerCase();
     if (!POOL_NAME_RE.test(name)) throw new TraceError(500, 'RPC_POOL_CONFIG_INVALID', 'pool names must match ^[a-z0-9_]{1,64}$');
+    const concurrency = opts.concurrencyPerPool ?? DEFAULTS_GW.concurrencyPerPool;
     pools.set(name, {
-      pool: new ProviderPool(name, urls, health),
-      limiter: new Limiter(opts.concurrencyPerPool ?? DEFAULTS_GW.concurrencyPerPool, opts.maxQueuePerPool ?? DEFAULTS_GW.maxQueuePerPool),
+      pool: new ProviderPool(name, urls, health, concurrency),
+      limiter: new Limiter(concurrency, opts.maxQueuePerPool ?? DEFAULTS_GW.maxQueuePerPool),
     });
   }
 
@@ -205,26 +181,24 @@ export function buildRpcGateway(opts: RpcGatewayOptions): FastifyInstance {
   app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: 'not found', code: 'NOT_FOUND' }));
 
   async function attempt(p: Provider, body: string): Promise<{ status: number; body: Buffer }> {
-    const res = await fetch(p.url, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', accept: 'application/json' },
-      body,
-      redirect: 'manual',
-      signal: AbortSignal.timeout(timeoutMs),
-    });
-    if (res.status === 429) {
-      await res.body?.cancel().catch(() => undefined);
-      throw new UpstreamFailure('rate_limited', parseRetryAfter(res.headers.get('retry-after')));
+    let res: HttpRawResult;
+    try {
+      res = await httpRequestRaw(p.endpoint, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: 'application/json' },
+        body,
+        timeoutMs,
+        maxResponseBytes,
+        agent: p.agent,
+      });
+    } catch (e) {
+      if (e instanceof HttpTransportError && e.code === 'RESPONSE_TOO_LARGE') throw new ResponseTooLarge();
+      throw e;
     }
-    if (res.status >= 500 || (res.status >= 300 && res.status < 400)) {
-      await res.body?.cancel().catch(() => undefined);
-      throw new UpstreamFailure('http_5xx');
-    }
-    if (res.status === 401 || res.status === 403) {
-      await res.body?.cancel().catch(() => undefined);
-      throw new UpstreamFailure('http_auth');
-    }
-    const answer = await readCapped(res, maxResponseBytes);
+    if (res.status === 429) throw new UpstreamFailure('rate_limited', parseRetryAfter(headerValue(res.headers['retry-after'])));
+    if (res.status >= 500 || (res.status >= 300 && res.status < 400)) throw new UpstreamFailure('http_5xx');
+    if (res.status === 401 || res.status === 403) throw new UpstreamFailure('http_auth');
+    const answer = res.body;
     if (!looksLikeJson(answer)) throw new UpstreamFailure('bad_response');
     if (isRateLimitAnswer(answer)) throw new UpstreamFailure('rate_limited');
     return { status: res.status, body: answer };
@@ -285,6 +259,10 @@ export function buildRpcGateway(opts: RpcGatewayOptions): FastifyInstance {
     } finally {
       release();
     }
+  });
+
+  app.addHook('onClose', async () => {
+    for (const rt of pools.values()) rt.pool.close();
   });
 
   app.get('/healthz', async () => ({ status: 'ok' }));

@@ -1,4 +1,6 @@
+import type { Agent } from 'node:http';
 import { TraceError } from '../core/errors.js';
+import { keepAliveAgent } from '../core/http-client.js';
 
 /**
  * One upstream RPC provider and its health. The full URL (which may carry an API key in its
@@ -8,13 +10,15 @@ import { TraceError } from '../core/errors.js';
 export class Provider {
   readonly index: number;
   readonly label: string;
-  readonly #url: string;
+  readonly #url: URL;
+  /** Keep-alive connections to this provider only. */
+  readonly agent: Agent;
   consecutiveFailures = 0;
   cooldownUntil = 0;
   successes = 0;
   failures = 0;
 
-  constructor(index: number, url: string) {
+  constructor(index: number, url: string, maxSockets = 64) {
     let parsed: URL;
     try {
       parsed = new URL(url);
@@ -26,10 +30,16 @@ export class Provider {
     }
     this.index = index;
     this.label = `${index}:${parsed.host}`;
-    this.#url = parsed.toString();
+    this.#url = parsed;
+    this.agent = keepAliveAgent(parsed, maxSockets);
   }
 
   get url(): string {
+    return this.#url.toString();
+  }
+
+  /** The parsed URL, for the HTTP client only. */
+  get endpoint(): URL {
     return this.#url;
   }
 
@@ -58,11 +68,16 @@ export class ProviderPool {
   readonly #health: HealthPolicy;
   #cursor = 0;
 
-  constructor(name: string, urls: readonly string[], health: HealthPolicy = DEFAULT_HEALTH) {
+  constructor(name: string, urls: readonly string[], health: HealthPolicy = DEFAULT_HEALTH, maxSocketsPerProvider = 64) {
     if (urls.length === 0) throw new TraceError(500, 'RPC_POOL_CONFIG_INVALID', `pool ${name} has no providers`);
     this.name = name;
-    this.providers = urls.map((u, i) => new Provider(i, u));
+    this.providers = urls.map((u, i) => new Provider(i, u, maxSocketsPerProvider));
     this.#health = health;
+  }
+
+  /** Closes idle keep-alive connections (the gateway is shutting down). */
+  close(): void {
+    for (const p of this.providers) p.agent.destroy();
   }
 
   /** Order in which to try providers for one request. */

@@ -1,6 +1,7 @@
 import { TraceError } from '../../core/errors.js';
 import { backoffDelayMs, type BackoffPolicy } from '../../core/backoff.js';
 import { silentLogger, type Logger } from '../../core/log.js';
+import { HttpTransportError, httpRequestRaw, type HttpRawResult } from '../../core/http-client.js';
 import { classifyRpcError, isJsonRpcResponse, type JsonRpcErrorObject, type JsonRpcResponse, type RpcErrorKind } from '../../chain/jsonrpc.js';
 
 export { classifyRpcError, type RpcErrorKind };
@@ -73,10 +74,14 @@ interface Item {
   reject: (e: unknown) => void;
 }
 
+/** The gateway caps upstream answers at 64 MiB; a little room for its own framing. */
+const MAX_RESPONSE_BYTES = 80 * 1024 * 1024;
+
 export const DEFAULT_RPC_BACKOFF: BackoffPolicy = { baseMs: 200, maxMs: 10_000 };
 
 export class RpcClient {
   readonly url: string;
+  readonly #endpoint: URL;
   readonly #timeoutMs: number;
   readonly #maxConcurrency: number;
   readonly #maxBatch: number;
@@ -110,9 +115,10 @@ export class RpcClient {
     }
     if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new TraceError(400, 'RPC_URL_INVALID', 'the RPC endpoint must be http(s)');
     this.url = u.toString();
+    this.#endpoint = u;
     this.#timeoutMs = opts.timeoutMs ?? 30_000;
     this.#maxConcurrency = Math.max(1, Math.floor(opts.maxConcurrency ?? 8));
-    this.#maxBatch = Math.max(1, Math.floor(opts.maxBatchSize ?? 100));
+    this.#maxBatch = Math.max(1, Math.floor(opts.maxBatchSize ?? Number(process.env.XB ?? 100)));
     this.#concurrency = clamp(opts.initialConcurrency ?? this.#maxConcurrency, 1, this.#maxConcurrency);
     this.#batchSize = clamp(opts.initialBatchSize ?? this.#maxBatch, 1, this.#maxBatch);
     this.#maxRetries = Math.max(0, Math.floor(opts.maxRetries ?? 6));
@@ -303,22 +309,22 @@ export class RpcClient {
     const label = items[0]!.method;
     this.#stats.requests++;
 
-    let res: Response;
-    let text: string;
+    let res: HttpRawResult;
     try {
-      res = await fetch(this.url, {
+      res = await httpRequestRaw(this.#endpoint, {
         method: 'POST',
         headers: { 'content-type': 'application/json', accept: 'application/json' },
         body,
-        signal: AbortSignal.timeout(this.#timeoutMs),
+        timeoutMs: this.#timeoutMs,
+        maxResponseBytes: MAX_RESPONSE_BYTES,
       });
-      text = await res.text();
     } catch (e) {
-      const name = (e as { name?: string } | null)?.name;
-      if (name === 'TimeoutError' || name === 'AbortError') {
+      if (e instanceof HttpTransportError && e.timedOut) {
         this.#stats.timeouts++;
         this.#decrease(epoch);
         this.#retry(items, new RpcCallError('timeout', label, 'the RPC request timed out'));
+      } else if (e instanceof HttpTransportError && e.code === 'RESPONSE_TOO_LARGE') {
+        this.#tooLarge(items, epoch, label);
       } else {
         this.#retry(items, new RpcCallError('transport', label, 'could not reach the RPC endpoint'));
       }
@@ -327,7 +333,7 @@ export class RpcClient {
 
     let parsed: unknown;
     try {
-      parsed = JSON.parse(text);
+      parsed = JSON.parse(res.body.toString('utf8'));
     } catch {
       parsed = undefined;
     }
@@ -335,7 +341,7 @@ export class RpcClient {
     if (res.status === 429 || res.status === 503) {
       this.#stats.rateLimited++;
       this.#decrease(epoch);
-      const retryAfter = Number(res.headers.get('retry-after'));
+      const retryAfter = Number(res.headers['retry-after']);
       const minDelay = Number.isFinite(retryAfter) && retryAfter > 0 ? Math.min(retryAfter * 1000, this.#backoff.maxMs) : 0;
       this.#retry(items, new RpcCallError('rate_limited', label, `the RPC endpoint answered ${res.status}`), minDelay);
       return;
@@ -350,12 +356,7 @@ export class RpcClient {
       return;
     }
     if (errorCode(parsed) === 'RPC_RESPONSE_TOO_LARGE') {
-      if (items.length > 1) {
-        this.#decrease(epoch, true);
-        this.#retry(items, new RpcCallError('too_many_results', label, 'the RPC response was too large'));
-      } else {
-        for (const it of items) it.reject(new RpcCallError('too_many_results', it.method, 'the RPC response was too large'));
-      }
+      this.#tooLarge(items, epoch, label);
       return;
     }
     if (res.status === 504) {
@@ -414,6 +415,16 @@ export class RpcClient {
     });
     if (missing.length > 0) this.#retry(missing, new RpcCallError('bad_response', label, 'the RPC batch answer lacked some responses'));
     if (anyOk) this.#onSuccess(epoch);
+  }
+
+  /** An answer over the size cap: smaller batches, or "too many results" for a single call. */
+  #tooLarge(items: Item[], epoch: number, label: string): void {
+    if (items.length > 1) {
+      this.#decrease(epoch, true);
+      this.#retry(items, new RpcCallError('too_many_results', label, 'the RPC response was too large'));
+    } else {
+      for (const it of items) it.reject(new RpcCallError('too_many_results', it.method, 'the RPC response was too large'));
+    }
   }
 
   #settleError(it: Item, err: JsonRpcErrorObject, epoch: number): void {
