@@ -57,6 +57,11 @@ for (const backend of BACKENDS) {
       const r1 = await ranges(st, 'p');
       assert.deepEqual(r1.filter((r) => r.dataset_key === 'blocks').map((r) => [r.range_start, r.range_end]), [[0, 100], [100, 200], [200, 300]]);
       assert.equal(await count(st.state, `SELECT count(DISTINCT task_id)::int AS n FROM chain_sync_scheduled_ranges`), 9);
+      // The queue is served in order: wake-ups interleave the streams (one range each per round).
+      const order = (await st.state.query<{ dataset_key: string }>(
+        `SELECT r.dataset_key FROM outbox o JOIN chain_sync_scheduled_ranges r ON r.task_id::text = o.payload->>'task_id'
+         WHERE o.kind = 'enqueue_task' ORDER BY o.id`)).rows.map((r) => r.dataset_key);
+      assert.deepEqual(order, ['blocks', 'logs', 'transactions', 'blocks', 'logs', 'transactions', 'blocks', 'logs', 'transactions']);
       assert.equal(await count(st.state, `SELECT count(*)::int AS n FROM chain_sync_cursor WHERE next_block = 300`), 3);
       const tasks = await st.state.query<{ status: string; dag_name: string; name: string; operator: string; trigger: any }>(
         `SELECT t.status, j.dag_name, j.name, j.operator, t.trigger FROM tasks t JOIN jobs j ON j.id = t.job_id ORDER BY j.name, (t.trigger->>'range_start')::int`);

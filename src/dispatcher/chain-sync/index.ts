@@ -127,12 +127,19 @@ export function chainSyncPlugin(opts: ChainSyncPluginOptions = {}): ChainSyncPlu
     });
   }
 
+  /** A full pass through the same queue as the wake-ups: one planner at a time in this process. */
+  async function passAllSerialized(): Promise<void> {
+    if (!ctx) return;
+    wake();
+    while (draining) await draining;
+  }
+
   return {
     name: 'chain_sync',
     completionHook: (q, task, job, c) => chainSyncCompletionHook(getStore())(q, task, job, c),
     store: getStore,
     async tick() {
-      if (ctx) await passAll(ctx);
+      await passAllSerialized();
     },
     routes(app: FastifyInstance, c: DispatcherContext) {
       ctx = c;
@@ -150,7 +157,7 @@ export function chainSyncPlugin(opts: ChainSyncPluginOptions = {}): ChainSyncPlu
           name: 'planner',
           intervalMs: opts.plannerIntervalMs ?? 1000,
           step: async () => {
-            await passAll(c);
+            await passAllSerialized();
             return false;
           },
         },

@@ -80,8 +80,8 @@ export async function planningTarget(q: Queryable, s: Pick<StreamPlanRow, 'mode'
   return { target: Math.max(Number(s.from_block), head + 1 - Number(s.tail_lag)), reason: null, head, age };
 }
 
-/** Plans one stream in one transaction; returns how many ranges it planned. */
-export async function planStream(db: Db, jobId: string, datasetKey: string): Promise<PlanResult> {
+/** Plans one stream in one transaction (at most `limit` ranges); returns how many it planned. */
+export async function planStream(db: Db, jobId: string, datasetKey: string, limit = Infinity): Promise<PlanResult> {
   return db.tx(async (q) => {
     const s = (await q.query<StreamPlanRow>(LOCK_STREAM, [jobId, datasetKey])).rows[0];
     if (!s || !s.enabled || !s.active || s.completed_at !== null) return { planned: 0, blocked: null };
@@ -94,7 +94,7 @@ export async function planStream(db: Db, jobId: string, datasetKey: string): Pro
     if (cursor >= target) return { planned: 0, blocked: null };
     const inflight = Number((await q.query<{ n: number }>(
       `SELECT count(*)::int AS n FROM chain_sync_scheduled_ranges WHERE job_id = $1 AND dataset_key = $2 AND status = 'scheduled'`, [jobId, datasetKey])).rows[0]!.n);
-    const free = s.max_inflight - inflight;
+    const free = Math.min(limit, s.max_inflight - inflight);
     if (free <= 0) return { planned: 0, blocked: null };
     const starts: number[] = [];
     const ends: number[] = [];
@@ -137,19 +137,32 @@ export async function markCompleted(q: Queryable, jobId: string | null = null): 
 
 const PLANNABLE = `
 SELECT s.job_id, s.dataset_key FROM chain_sync_streams s JOIN chain_sync_jobs j ON j.job_id = s.job_id
+JOIN chain_sync_cursor c ON c.job_id = s.job_id AND c.dataset_key = s.dataset_key
 WHERE j.enabled AND j.completed_at IS NULL AND s.active
-ORDER BY j.name, s.dataset_key`;
+ORDER BY c.next_block, j.name, s.dataset_key`;
 
-/** One planner pass over every plannable stream; returns ranges planned. */
+/**
+ * One planner pass over every plannable stream; returns ranges planned. Streams are topped up
+ * in rounds of one range each, the stream furthest behind first, so the queue (served in
+ * order) interleaves the streams of a job instead of holding every range of the first stream
+ * before any of the next: streams progress together and a sync does not end with one slow
+ * stream running alone.
+ */
 export async function planAll(db: Db, onError?: (jobId: string, datasetKey: string, e: unknown) => Promise<void> | void): Promise<number> {
-  const streams = (await db.query<{ job_id: string; dataset_key: string }>(PLANNABLE)).rows;
+  let streams = (await db.query<{ job_id: string; dataset_key: string }>(PLANNABLE)).rows;
   let planned = 0;
-  for (const s of streams) {
-    try {
-      planned += (await planStream(db, s.job_id, s.dataset_key)).planned;
-    } catch (e) {
-      await onError?.(s.job_id, s.dataset_key, e);
+  while (streams.length > 0) {
+    const more: typeof streams = [];
+    for (const s of streams) {
+      try {
+        const n = (await planStream(db, s.job_id, s.dataset_key, 1)).planned;
+        planned += n;
+        if (n > 0) more.push(s);
+      } catch (e) {
+        await onError?.(s.job_id, s.dataset_key, e);
+      }
     }
+    streams = more;
   }
   await markCompleted(db);
   return planned;
