@@ -109,29 +109,31 @@ const int = (n: number): string => {
   return String(n);
 };
 
+const badCell = (c: ColumnDef): TraceError => new TraceError(500, 'CRYO_ROW_INVALID', `column ${c.name} expects ${c.kind}`);
+
+/** One cell (hot: no closure per call). */
 function appendCell(app: DuckDBAppender, c: ColumnDef, v: CellValue | undefined): void {
   if (v === null || v === undefined) return app.appendNull();
-  const bad = () => new TraceError(500, 'CRYO_ROW_INVALID', `column ${c.name} expects ${c.kind}`);
   switch (c.kind) {
     case 'u32':
-      if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw bad();
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw badCell(c);
       return app.appendUInteger(v >>> 0); // Cryo stores `as u32`
     case 'u64': {
       const b = typeof v === 'bigint' ? v : typeof v === 'number' && Number.isInteger(v) ? BigInt(v) : undefined;
-      if (b === undefined || b < 0n) throw bad();
+      if (b === undefined || b < 0n) throw badCell(c);
       return app.appendUBigInt(BigInt.asUintN(64, b)); // Cryo stores `as u64`
     }
     case 'blob':
-      if (!(v instanceof Uint8Array)) throw bad();
+      if (!(v instanceof Uint8Array)) throw badCell(c);
       return app.appendBlob(v);
     case 'varchar':
-      if (typeof v !== 'string') throw bad();
+      if (typeof v !== 'string') throw badCell(c);
       return app.appendVarchar(v);
     case 'f64':
-      if (typeof v !== 'number') throw bad();
+      if (typeof v !== 'number') throw badCell(c);
       return app.appendDouble(v);
     case 'bool':
-      if (typeof v !== 'boolean') throw bad();
+      if (typeof v !== 'boolean') throw badCell(c);
       return app.appendBoolean(v);
   }
 }
