@@ -13,7 +13,7 @@ import { mintDevUserToken } from '../../src/auth/user.js';
 import { createCryoIngestOperator } from '../../src/operators/cryo_ingest/operator.js';
 import { attemptPrefix } from '../../src/operators/cryo_ingest/payload.js';
 import { parseStorageRef, resolveStorageFiles } from '../../src/query/storage.js';
-import { claim, complete, count, currentFiles, fixedYaml, runOperator, startStack, waitFor, type Stack } from './support.js';
+import { claim, complete, count, currentFiles, duck, fileList, fixedYaml, followYaml, runOperator, sleep, startStack, waitFor, type Stack } from './support.js';
 
 const DEAD_POOL = { dev: ['http://127.0.0.1:9'] };
 
@@ -214,6 +214,81 @@ for (const backend of BACKENDS) {
       assert.equal(done.streams[0].committed_blocks, 300);
       assert.equal(done.streams[0].rows, 300);
       assert.equal((await currentFiles(st.state, uuid)).length, 3);
+    } finally {
+      await st.stop();
+      await dbs.close();
+    }
+  });
+  test(`${backend}: follow_head ranges stay in the chunk grid; a window of small ranges is compacted into one, and the view switches at once`, async () => {
+    const dbs = await freshDbs(backend);
+    const st = await startStack({ state: dbs.state, pools: DEAD_POOL, plannerIntervalMs: 100 });
+    try {
+      const a = await st.api('POST', '/v1/chain-sync', followYaml('f', 1337, { chunk: 10, inflight: 4, lag: 0, maxAge: 600, streams: ['blocks'] }));
+      assert.equal(a.status, 201, JSON.stringify(a.body));
+      const uuid = a.body.streams[0].dataset_uuid as string;
+      const fake = createCryoIngestOperator({ objectStore: st.store, mode: 'fake' });
+      // The head observer cannot reach DEAD_POOL (it only records errors); heads are set here.
+      const head = (n: number) => st.state.query(
+        `INSERT INTO chain_head_observations (org_id, chain_id, rpc_pool, head_block, observed_at, source, last_attempt_at) VALUES ($1, 1337, 'dev', $2, now(), 'test', now())
+         ON CONFLICT (org_id, chain_id, rpc_pool) DO UPDATE SET head_block = EXCLUDED.head_block, observed_at = now()`, [st.orgId, n]);
+      const run = async (taskId: string) => {
+        const l = await claim(st, taskId);
+        const o = await runOperator(fake, l);
+        const r = await complete(st, l, { status: 'Completed', datasets_published: o.datasets_published, outputs: o.outputs });
+        assert.equal(r.status, 200, JSON.stringify(r.body));
+      };
+      const spans = async () => (await ranges(st, 'f')).map((r) => [r.range_start, r.range_end]);
+      const compactions = async () => (await st.state.query<{ range_start: number; range_end: number; status: string; task_id: string; replaces: number }>(
+        `SELECT range_start::int8 AS range_start, range_end::int8 AS range_end, status, task_id, replaces FROM chain_sync_compactions ORDER BY range_start`)).rows
+        .map((c) => ({ ...c, range_start: Number(c.range_start), range_end: Number(c.range_end) }));
+      const rowsOf = async (files: string[]) => (await duck<{ n: bigint; d: bigint; lo: number; hi: number }>(
+        `SELECT count(*) AS n, count(DISTINCT block_number) AS d, min(block_number) AS lo, max(block_number) AS hi FROM read_parquet(${fileList(files)})`))[0]!;
+
+      // The head moves a few blocks at a time; a range is cut at the grid line 10.
+      await head(2);
+      await waitFor('[0,3)', async () => (await spans()).length === 1);
+      await head(6);
+      await waitFor('[3,7)', async () => (await spans()).length === 2);
+      await head(13);
+      await waitFor('4 ranges', async () => (await spans()).length === 4);
+      assert.deepEqual(await spans(), [[0, 3], [3, 7], [7, 10], [10, 14]]);
+      for (const r of await ranges(st, 'f')) await run(r.task_id);
+      const small = await currentFiles(st.state, uuid);
+      assert.equal(small.length, 4);
+
+      // [0,10) is complete with three ranges: one compaction re-ingests it whole.
+      const [c] = await waitFor('compaction planned', async () => { const cs = await compactions(); return cs.length === 1 ? cs : undefined; });
+      assert.deepEqual([c!.range_start, c!.range_end, c!.status, c!.replaces], [0, 10, 'scheduled', 3]);
+      const lease = await claim(st, c!.task_id);
+      assert.deepEqual([lease.task.trigger.range_start, lease.task.trigger.range_end], [0, 10]);
+      assert.deepEqual(await currentFiles(st.state, uuid), small, 'nothing switches before the compaction commits');
+      const o = await runOperator(fake, lease);
+      assert.equal((await complete(st, lease, { status: 'Completed', datasets_published: o.datasets_published, outputs: o.outputs })).status, 200);
+      const after = await currentFiles(st.state, uuid);
+      assert.equal(after.length, 2, 'the window is one file set now, beside [10,14)');
+      assert.ok(after.some((f) => f.endsWith('__00000000_to_00000009.parquet')));
+      assert.ok(after.some((f) => f.endsWith('__00000010_to_00000013.parquet')));
+      const got = await rowsOf(after);
+      assert.deepEqual([Number(got.n), Number(got.d), Number(got.lo), Number(got.hi)], [14, 14, 0, 13], 'every block once');
+      assert.deepEqual(await spans(), [[0, 3], [3, 7], [7, 10], [10, 14]], 'the ledger is never rewritten');
+      const s1 = (await st.api('GET', '/v1/chain-sync/f')).body.streams[0];
+      assert.deepEqual(s1.compaction, { windows: 1, in_flight: 0, abandoned: 0 });
+      assert.equal(s1.committed_blocks, 14);
+
+      // A compaction whose task gives up is abandoned; the small ranges keep serving the window.
+      await head(19);
+      await waitFor('[14,20)', async () => (await spans()).length === 5);
+      await run((await ranges(st, 'f'))[4]!.task_id);
+      const c2 = await waitFor('second compaction', async () => (await compactions()).find((x) => x.range_start === 10));
+      assert.equal((await st.api('POST', `/v1/tasks/${c2.task_id}/cancel`)).status, 200);
+      await waitFor('abandoned', async () => (await compactions()).find((x) => x.range_start === 10)?.status === 'abandoned');
+      const view = await currentFiles(st.state, uuid);
+      assert.equal(view.length, 3);
+      const all = await rowsOf(view);
+      assert.deepEqual([Number(all.n), Number(all.d)], [20, 20]);
+      assert.deepEqual((await st.api('GET', '/v1/chain-sync/f')).body.streams[0].compaction, { windows: 1, in_flight: 0, abandoned: 1 });
+      await sleep(300);
+      assert.equal((await compactions()).length, 2, 'an abandoned window is not planned again');
     } finally {
       await st.stop();
       await dbs.close();

@@ -490,4 +490,40 @@ CREATE TABLE dataset_events (
 );
 `,
   },
+  {
+    version: 4,
+    name: 'chain_sync compactions of small follow_head ranges',
+    // Owned by src/dispatcher/chain-sync/ (compaction.ts). A compaction re-ingests one whole
+    // chunk-aligned window whose committed ledger ranges are several small ones (follow_head
+    // plans a range per head move); once committed, the stream's view lists its files instead
+    // of theirs. The ledger itself is never rewritten.
+    sql: `
+CREATE TABLE chain_sync_compactions (
+  job_id uuid NOT NULL,
+  dataset_key text NOT NULL,
+  range_start bigint NOT NULL,
+  range_end bigint NOT NULL,
+  task_id uuid NOT NULL UNIQUE REFERENCES tasks(id),
+  -- scheduled -> completed (view switched to its files) | abandoned (its task gave up; the
+  -- small ranges keep serving the window)
+  status text NOT NULL DEFAULT 'scheduled' CHECK (status IN ('scheduled', 'completed', 'abandoned')),
+  -- ledger ranges the window held when it was planned
+  replaces int NOT NULL CHECK (replaces > 1),
+  dataset_version uuid,
+  files jsonb,
+  row_count bigint,
+  bytes bigint,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  completed_at timestamptz,
+  PRIMARY KEY (job_id, dataset_key, range_start),
+  FOREIGN KEY (job_id, dataset_key) REFERENCES chain_sync_streams(job_id, dataset_key),
+  CHECK (range_end > range_start)
+);
+
+-- Windows below this block were examined for compaction (compacted, abandoned or not needing
+-- it); NULL means from_block. Moves forward only, like next_block.
+ALTER TABLE chain_sync_cursor ADD COLUMN compacted_through bigint;
+`,
+  },
 ];

@@ -24,6 +24,7 @@ import { attemptPrefix, cryoIngestConfigSchema, datasetPrefix, rangeDatasetVersi
 import { storageRefFor, type ObjectStore } from '../../operators/cryo_ingest/store.js';
 import { CHAIN_SYNC_DAG_PREFIX, CRYO_INGEST_OPERATOR, viewVersion } from './ids.js';
 import { redriveRange } from './apply.js';
+import { rangeOfTask } from './compaction.js';
 
 /** The job fields this module reads (a JobRow satisfies it). */
 export interface ChainSyncJobLike {
@@ -51,6 +52,8 @@ export interface PublicationLike {
 }
 
 export interface VerifiedRange {
+  /** A ledger range, or a compaction window (compaction.ts). */
+  kind: 'range' | 'compaction';
   job_id: string;
   dataset_key: string;
   dataset_uuid: string;
@@ -129,8 +132,7 @@ export async function verifyChainSyncCompletion(
     throw refused('PUBLICATION_INVALID', `a chain sync range task publishes exactly one dataset on success (this completion has ${c.datasets_published.length})`);
   }
   const p = c.datasets_published[0]!;
-  const range = (await q.query<{ range_start: number; range_end: number; dataset_key: string; job_id: string }>(
-    `SELECT job_id, dataset_key, range_start, range_end FROM chain_sync_scheduled_ranges WHERE task_id = $1`, [task.id])).rows[0];
+  const range = await rangeOfTask(q, task.id);
   if (!range) throw refused('RANGE_NOT_SCHEDULED', 'this task does not own a scheduled chain sync range (it was re-planned on another task)');
   const start = Number(range.range_start);
   const end = Number(range.range_end);
@@ -157,7 +159,7 @@ export async function verifyChainSyncCompletion(
   if (p.bytes !== undefined && p.bytes !== m.bytes) throw mismatch('bytes');
   const rel = `${task.id}/${task.attempt}/`;
   return {
-    job_id: range.job_id, dataset_key: range.dataset_key, dataset_uuid: cfg.dataset_uuid, chain_id: cfg.chain_id, config_hash: cfg.config_hash,
+    kind: range.kind, job_id: range.job_id, dataset_key: range.dataset_key, dataset_uuid: cfg.dataset_uuid, chain_id: cfg.chain_id, config_hash: cfg.config_hash,
     task_id: task.id, range_start: start, range_end: end, dataset_version: p.dataset_version, storage_ref: expectedRef,
     files: m.files.map((f) => `${rel}${f.path}`), row_count: rows, bytes: m.bytes,
   };
@@ -175,6 +177,11 @@ ON CONFLICT (dataset_uuid, dataset_version, partition_key) DO NOTHING`;
 
 const COMPLETE_RANGE = `
 UPDATE chain_sync_scheduled_ranges SET status = 'completed', dataset_version = $5, files = $6::jsonb, row_count = $7, bytes = $8,
+  completed_at = now(), updated_at = now()
+WHERE job_id = $1 AND dataset_key = $2 AND range_start = $3 AND task_id = $4 AND status = 'scheduled'`;
+
+const COMPLETE_COMPACTION = `
+UPDATE chain_sync_compactions SET status = 'completed', dataset_version = $5, files = $6::jsonb, row_count = $7, bytes = $8,
   completed_at = now(), updated_at = now()
 WHERE job_id = $1 AND dataset_key = $2 AND range_start = $3 AND task_id = $4 AND status = 'scheduled'`;
 
@@ -197,11 +204,24 @@ export async function commitRange(q: Queryable, v: VerifiedRange): Promise<boole
     || Number(have.range_end) !== v.range_end || canonicalJson(have.storage_ref) !== canonicalJson(v.storage_ref)) {
     throw new TraceError(409, 'PUBLICATION_CONFLICT', `dataset version ${v.dataset_version} is already registered with other storage; refusing to replace it`);
   }
-  const done = await q.query(COMPLETE_RANGE, [v.job_id, v.dataset_key, v.range_start, v.task_id, v.dataset_version, JSON.stringify(v.files), v.row_count, v.bytes]);
+  const done = await q.query(v.kind === 'compaction' ? COMPLETE_COMPACTION : COMPLETE_RANGE,
+    [v.job_id, v.dataset_key, v.range_start, v.task_id, v.dataset_version, JSON.stringify(v.files), v.row_count, v.bytes]);
   if (done.rowCount === 0) return false;
   await q.query(RECORD_PARTITION, [v.dataset_uuid, v.dataset_version, `${v.range_start}-${v.range_end}`, v.config_hash, location, v.row_count, v.bytes]);
   return true;
 }
+
+// What a stream's view lists: committed compaction windows, and the committed ledger ranges no
+// committed compaction covers.
+const VIEW_RANGES = `
+SELECT range_start, range_end, files FROM chain_sync_compactions
+WHERE job_id = $1 AND dataset_key = $2 AND status = 'completed'
+UNION ALL
+SELECT r.range_start, r.range_end, r.files FROM chain_sync_scheduled_ranges r
+WHERE r.job_id = $1 AND r.dataset_key = $2 AND r.status = 'completed'
+  AND NOT EXISTS (SELECT 1 FROM chain_sync_compactions c WHERE c.job_id = r.job_id AND c.dataset_key = r.dataset_key AND c.status = 'completed'
+                  AND c.range_start <= r.range_start AND r.range_end <= c.range_end)
+ORDER BY range_start`;
 
 /** Files of a view above this many are refused by the Query Service (storage.ts maxFiles). */
 export const MAX_VIEW_OBJECTS = 10_000;
@@ -216,9 +236,7 @@ export async function publishView(q: Queryable, store: ObjectStore, jobId: strin
     `SELECT s.dataset_uuid, j.chain_id FROM chain_sync_streams s JOIN chain_sync_jobs j ON j.job_id = s.job_id WHERE s.job_id = $1 AND s.dataset_key = $2`,
     [jobId, datasetKey])).rows[0];
   if (!s) return undefined;
-  const rows = (await q.query<{ range_start: number; range_end: number; files: string[] }>(
-    `SELECT range_start, range_end, files FROM chain_sync_scheduled_ranges WHERE job_id = $1 AND dataset_key = $2 AND status = 'completed' ORDER BY range_start`,
-    [jobId, datasetKey])).rows;
+  const rows = (await q.query<{ range_start: number; range_end: number; files: string[] }>(VIEW_RANGES, [jobId, datasetKey])).rows;
   if (rows.length === 0) return undefined;
   const objects = rows.flatMap((r) => r.files);
   if (objects.length > MAX_VIEW_OBJECTS) {
@@ -264,8 +282,10 @@ export function chainSyncCompletionHook(store: ObjectStore) {
 // Completed range tasks whose ledger row is still scheduled: committed here when the
 // completion transition itself did not (no hook installed, or a crash between the two).
 const PENDING = `
-SELECT r.job_id, r.dataset_key, r.task_id, t.attempt, t.job_id AS task_job_id
-FROM chain_sync_scheduled_ranges r JOIN tasks t ON t.id = r.task_id
+SELECT r.job_id, r.dataset_key, r.task_id, t.attempt, t.job_id AS task_job_id, r.range_start
+FROM (SELECT job_id, dataset_key, task_id, range_start, status FROM chain_sync_scheduled_ranges
+      UNION ALL SELECT job_id, dataset_key, task_id, range_start, status FROM chain_sync_compactions) r
+JOIN tasks t ON t.id = r.task_id
 WHERE r.status = 'scheduled' AND t.status = 'Completed' AND ($1::uuid IS NULL OR (r.job_id = $1 AND r.dataset_key = $2))
 ORDER BY r.job_id, r.dataset_key, r.range_start
 LIMIT $3`;
@@ -292,7 +312,7 @@ export async function commitCompletedRanges(
     const entry = byStream.get(k) ?? { job_id: p.job_id, dataset_key: p.dataset_key, ranges: [] };
     byStream.set(k, entry);
     try {
-      const range = (await db.query<{ range_start: number; range_end: number }>(`SELECT range_start, range_end FROM chain_sync_scheduled_ranges WHERE task_id = $1`, [p.task_id])).rows[0]!;
+      const range = (await rangeOfTask(db, p.task_id))!;
       const version = rangeDatasetVersion(cfg.dataset_uuid, cfg.config_hash, Number(range.range_start), Number(range.range_end));
       const pub = (await db.query<PublicationLike>(
         `SELECT dataset_uuid, id AS dataset_version, storage_ref, config_hash, range_start::int8 AS range_start, range_end::int8 AS range_end FROM dataset_versions WHERE id = $1`, [version])).rows[0];
@@ -312,8 +332,12 @@ export async function commitCompletedRanges(
         await lockStream(q, p.job_id, p.dataset_key);
         await q.query(`UPDATE chain_sync_streams SET last_error = $3, last_error_at = now() WHERE job_id = $1 AND dataset_key = $2`,
           [p.job_id, p.dataset_key, `commit of task ${p.task_id}: ${msg}`.slice(0, 1000)]);
-        const r = (await q.query<{ range_start: number }>(`SELECT range_start FROM chain_sync_scheduled_ranges WHERE task_id = $1`, [p.task_id])).rows[0];
-        if (r) await redriveRange(q, p.job_id, p.dataset_key, Number(r.range_start), p.task_id);
+        const r = await rangeOfTask(q, p.task_id);
+        if (r?.kind === 'range') await redriveRange(q, p.job_id, p.dataset_key, r.range_start, p.task_id);
+        // a compaction that cannot be committed is given up: the small ranges keep serving
+        if (r?.kind === 'compaction') {
+          await q.query(`UPDATE chain_sync_compactions SET status = 'abandoned', updated_at = now() WHERE task_id = $1 AND status = 'scheduled'`, [p.task_id]);
+        }
       });
     }
   }

@@ -91,7 +91,7 @@ export function chainSyncPlugin(opts: ChainSyncPluginOptions = {}): ChainSyncPlu
     await commitCompletedRanges(db, getStore(), (id) => c.jobs.get(id), { stream: s, log: c.deps.log });
     try {
       const r = await planStream(db, s.job_id, s.dataset_key);
-      if (r.planned > 0) c.kickOutbox();
+      if (r.planned + r.compactions > 0) c.kickOutbox();
     } catch (e) {
       await recordError(s.job_id, s.dataset_key, e);
     }

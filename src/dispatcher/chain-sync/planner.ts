@@ -10,11 +10,15 @@
  * `max(from_block, observed_head + 1 - tail_lag)` and plans nothing (with a reason in
  * `blocked_reason`) while the observation of `(org, chain, rpc_pool)` is missing or older than
  * `max_head_age_seconds`. Paused jobs, removed streams and completed jobs plan nothing.
+ *
+ * Ranges never cross the chunk grid (`from_block + k * chunk_size`), so a follow_head window of
+ * small ranges can later be compacted whole (compaction.ts, in the same transaction).
  */
 import type { Db, Queryable } from '../../db/db.js';
 import { createTasks } from '../tasks/create.js';
 import { rangeDedupeKey } from './ids.js';
 import { rangeTrigger } from './apply.js';
+import { planCompaction } from './compaction.js';
 
 interface StreamPlanRow {
   job_id: string;
@@ -36,12 +40,13 @@ interface StreamPlanRow {
   tail_lag: number | null;
   max_head_age_seconds: number | null;
   completed_at: Date | null;
+  compacted_through: number | null;
 }
 
 const LOCK_STREAM = `
 SELECT s.job_id, s.dataset_key, s.task_job_id, s.chunk_size, s.max_inflight, s.rpc_pool, s.active, s.blocked_reason,
        c.next_block, j.org_id, j.name, j.chain_id, j.enabled, j.mode, j.from_block, j.to_block, j.tail_lag,
-       j.max_head_age_seconds, j.completed_at
+       j.max_head_age_seconds, j.completed_at, c.compacted_through
 FROM chain_sync_streams s
 JOIN chain_sync_cursor c ON c.job_id = s.job_id AND c.dataset_key = s.dataset_key
 JOIN chain_sync_jobs j ON j.job_id = s.job_id
@@ -63,6 +68,25 @@ RETURNING range_start`;
 export interface PlanResult {
   planned: number;
   blocked: string | null;
+  /** Compactions planned (follow_head; see compaction.ts). */
+  compactions: number;
+}
+
+export interface PlanOptions {
+  /** At most this many new ranges. Default: up to max_inflight. */
+  limit?: number;
+  /** Also look for a follow_head window to compact. Default true. */
+  compact?: boolean;
+}
+
+/**
+ * The end of the range starting at `cursor`: one chunk, cut at the next grid boundary
+ * (`from_block + k * chunk_size`) and at the target. Ranges never straddle the grid, so a
+ * follow_head window of small ranges can be compacted whole.
+ */
+export function rangeEnd(cursor: number, fromBlock: number, chunk: number, target: number): number {
+  const next = cursor >= fromBlock ? cursor + chunk - ((cursor - fromBlock) % chunk) : cursor + chunk;
+  return Math.min(next, target);
 }
 
 /** The planning target of a stream, or a reason why there is none right now. */
@@ -80,42 +104,52 @@ export async function planningTarget(q: Queryable, s: Pick<StreamPlanRow, 'mode'
   return { target: Math.max(Number(s.from_block), head + 1 - Number(s.tail_lag)), reason: null, head, age };
 }
 
-/** Plans one stream in one transaction (at most `limit` ranges); returns how many it planned. */
-export async function planStream(db: Db, jobId: string, datasetKey: string, limit = Infinity): Promise<PlanResult> {
+/** Plans one stream in one transaction; returns how many ranges (and compactions) it planned. */
+export async function planStream(db: Db, jobId: string, datasetKey: string, opts: PlanOptions = {}): Promise<PlanResult> {
   return db.tx(async (q) => {
     const s = (await q.query<StreamPlanRow>(LOCK_STREAM, [jobId, datasetKey])).rows[0];
-    if (!s || !s.enabled || !s.active || s.completed_at !== null) return { planned: 0, blocked: null };
-    const { target, reason } = await planningTarget(q, s);
-    if (reason !== s.blocked_reason) {
-      await q.query(`UPDATE chain_sync_streams SET blocked_reason = $3, updated_at = now() WHERE job_id = $1 AND dataset_key = $2`, [jobId, datasetKey, reason]);
-    }
-    if (target === null) return { planned: 0, blocked: reason };
-    let cursor = Number(s.next_block);
-    if (cursor >= target) return { planned: 0, blocked: null };
-    const inflight = Number((await q.query<{ n: number }>(
-      `SELECT count(*)::int AS n FROM chain_sync_scheduled_ranges WHERE job_id = $1 AND dataset_key = $2 AND status = 'scheduled'`, [jobId, datasetKey])).rows[0]!.n);
-    const free = Math.min(limit, s.max_inflight - inflight);
-    if (free <= 0) return { planned: 0, blocked: null };
-    const starts: number[] = [];
-    const ends: number[] = [];
-    const keys: string[] = [];
-    while (starts.length < free && cursor < target) {
-      const end = Math.min(cursor + s.chunk_size, target);
-      starts.push(cursor);
-      ends.push(end);
-      keys.push(rangeDedupeKey(datasetKey, cursor, end));
-      cursor = end;
-    }
-    await createTasks(q, starts.map((st, i) => ({ job_id: s.task_job_id, dedupe_key: keys[i]!, inputs: [], trigger: rangeTrigger(s.name, st, ends[i]!) })));
-    const inserted = await q.query<{ range_start: number }>(INSERT_RANGES, [jobId, datasetKey, starts, ends, keys, s.task_job_id]);
-    if (inserted.rows.length !== starts.length) {
-      // A range at or past the cursor already exists: the state is not what this planner
-      // believes. Roll back rather than schedule around it.
-      throw new Error(`chain sync ${s.name}/${datasetKey}: ${starts.length - inserted.rows.length} range(s) were already scheduled beyond the cursor`);
-    }
-    await q.query(`UPDATE chain_sync_cursor SET next_block = $3, updated_at = now() WHERE job_id = $1 AND dataset_key = $2`, [jobId, datasetKey, cursor]);
-    return { planned: starts.length, blocked: null };
+    if (!s || !s.enabled || !s.active || s.completed_at !== null) return { planned: 0, blocked: null, compactions: 0 };
+    const r = await planRanges(q, s, opts.limit ?? Infinity);
+    const compactions = s.mode === 'follow_head' && opts.compact !== false
+      ? await planCompaction(q, { ...s, next_block: r.cursor })
+      : 0;
+    return { planned: r.planned, blocked: r.blocked, compactions };
   });
+}
+
+/** Tops up the stream's ranges (the caller holds the stream and cursor rows). */
+async function planRanges(q: Queryable, s: StreamPlanRow, limit: number): Promise<{ planned: number; blocked: string | null; cursor: number }> {
+  const { job_id: jobId, dataset_key: datasetKey } = s;
+  let cursor = Number(s.next_block);
+  const { target, reason } = await planningTarget(q, s);
+  if (reason !== s.blocked_reason) {
+    await q.query(`UPDATE chain_sync_streams SET blocked_reason = $3, updated_at = now() WHERE job_id = $1 AND dataset_key = $2`, [jobId, datasetKey, reason]);
+  }
+  if (target === null) return { planned: 0, blocked: reason, cursor };
+  if (cursor >= target) return { planned: 0, blocked: null, cursor };
+  const inflight = Number((await q.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM chain_sync_scheduled_ranges WHERE job_id = $1 AND dataset_key = $2 AND status = 'scheduled'`, [jobId, datasetKey])).rows[0]!.n);
+  const free = Math.min(limit, s.max_inflight - inflight);
+  if (free <= 0) return { planned: 0, blocked: null, cursor };
+  const starts: number[] = [];
+  const ends: number[] = [];
+  const keys: string[] = [];
+  while (starts.length < free && cursor < target) {
+    const end = rangeEnd(cursor, Number(s.from_block), s.chunk_size, target);
+    starts.push(cursor);
+    ends.push(end);
+    keys.push(rangeDedupeKey(datasetKey, cursor, end));
+    cursor = end;
+  }
+  await createTasks(q, starts.map((st, i) => ({ job_id: s.task_job_id, dedupe_key: keys[i]!, inputs: [], trigger: rangeTrigger(s.name, st, ends[i]!) })));
+  const inserted = await q.query<{ range_start: number }>(INSERT_RANGES, [jobId, datasetKey, starts, ends, keys, s.task_job_id]);
+  if (inserted.rows.length !== starts.length) {
+    // A range at or past the cursor already exists: the state is not what this planner
+    // believes. Roll back rather than schedule around it.
+    throw new Error(`chain sync ${s.name}/${datasetKey}: ${starts.length - inserted.rows.length} range(s) were already scheduled beyond the cursor`);
+  }
+  await q.query(`UPDATE chain_sync_cursor SET next_block = $3, updated_at = now() WHERE job_id = $1 AND dataset_key = $2`, [jobId, datasetKey, cursor]);
+  return { planned: starts.length, blocked: null, cursor };
 }
 
 // fixed_target: complete iff every active stream's cursor reached to_block and none of its ranges is in flight.
@@ -151,18 +185,20 @@ ORDER BY c.next_block, j.name, s.dataset_key`;
 export async function planAll(db: Db, onError?: (jobId: string, datasetKey: string, e: unknown) => Promise<void> | void): Promise<number> {
   let streams = (await db.query<{ job_id: string; dataset_key: string }>(PLANNABLE)).rows;
   let planned = 0;
+  let round = 0;
   while (streams.length > 0) {
     const more: typeof streams = [];
     for (const s of streams) {
       try {
-        const n = (await planStream(db, s.job_id, s.dataset_key, 1)).planned;
-        planned += n;
-        if (n > 0) more.push(s);
+        const r = await planStream(db, s.job_id, s.dataset_key, { limit: 1, compact: round === 0 });
+        planned += r.planned + r.compactions;
+        if (r.planned > 0) more.push(s);
       } catch (e) {
         await onError?.(s.job_id, s.dataset_key, e);
       }
     }
     streams = more;
+    round++;
   }
   await markCompleted(db);
   return planned;

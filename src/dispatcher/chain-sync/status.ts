@@ -32,6 +32,8 @@ export interface StreamStatus {
   bytes: number;
   inflight: { total: number; queued: number; running: number; retrying: number; gave_up: number };
   /** Committed blocks per second over the last minute. */
+  /** follow_head windows re-ingested whole (compaction.ts): committed, in flight, given up. */
+  compaction: { windows: number; in_flight: number; abandoned: number };
   rate_blocks_per_second: number;
   blocked_reason: string | null;
   last_error: { message: string; at: string | null } | null;
@@ -74,6 +76,7 @@ SELECT s.job_id, s.dataset_key, s.cryo_dataset_name, s.rpc_pool, s.dataset_uuid,
        coalesce(w.blocks, 0) AS window_blocks, w.first_at AS window_first_at,
        coalesce(f.total, 0) AS inflight, coalesce(f.queued, 0) AS queued, coalesce(f.running, 0) AS running,
        coalesce(f.retrying, 0) AS retrying, coalesce(f.gave_up, 0) AS gave_up, f.lowest AS lowest_inflight,
+       coalesce(k.done, 0) AS compacted_windows, coalesce(k.scheduled, 0) AS compacting, coalesce(k.abandoned, 0) AS compactions_abandoned,
        extract(epoch FROM now())::float8 AS now_epoch
 FROM chain_sync_streams s
 JOIN chain_sync_cursor c ON c.job_id = s.job_id AND c.dataset_key = s.dataset_key
@@ -98,6 +101,11 @@ LEFT JOIN LATERAL (
   FROM chain_sync_scheduled_ranges r JOIN tasks t ON t.id = r.task_id
   WHERE r.job_id = s.job_id AND r.dataset_key = s.dataset_key AND r.status = 'scheduled'
 ) f ON true
+LEFT JOIN LATERAL (
+  SELECT count(*) FILTER (WHERE k.status = 'completed')::int AS done, count(*) FILTER (WHERE k.status = 'scheduled')::int AS scheduled,
+         count(*) FILTER (WHERE k.status = 'abandoned')::int AS abandoned
+  FROM chain_sync_compactions k WHERE k.job_id = s.job_id AND k.dataset_key = s.dataset_key
+) k ON true
 WHERE s.job_id = ANY ($1::uuid[])
 ORDER BY s.job_id, s.dataset_key`;
 
@@ -119,6 +127,7 @@ interface StreamRow {
   last_error_at: Date | null; next_block: number; current_version: string | null; committed_ranges: number; committed_blocks: number;
   rows: number; bytes: number; window_blocks: number; window_first_at: number | null; inflight: number; queued: number; running: number;
   retrying: number; gave_up: number; lowest_inflight: number | null; now_epoch: number;
+  compacted_windows: number; compacting: number; compactions_abandoned: number;
 }
 
 const iso = (d: Date | null | undefined): string | null => (d ? new Date(d).toISOString() : null);
@@ -185,6 +194,7 @@ export async function chainSyncStatus(q: Queryable, orgId: string, nameOrId?: st
         rows: Number(s.rows),
         bytes: Number(s.bytes),
         inflight: { total: inflight, queued: Number(s.queued), running: Number(s.running), retrying: Number(s.retrying), gave_up: Number(s.gave_up) },
+        compaction: { windows: Number(s.compacted_windows), in_flight: Number(s.compacting), abandoned: Number(s.compactions_abandoned) },
         rate_blocks_per_second: windowSeconds > 0 ? Math.round((Number(s.window_blocks) / windowSeconds) * 10) / 10 : 0,
         blocked_reason: blocked,
         last_error,
