@@ -11,8 +11,9 @@
  * nothing written): `raw_jsonrpc_same_calls` issues exactly the requests the three streams
  * issue (block headers for `blocks`; blocks with transactions plus one receipt per
  * transaction for `transactions`; eth_getLogs for `logs`); `raw_jsonrpc_min` fetches the
- * same data once (blocks with transactions, receipts, logs). The target is >= 0.8 of the
- * same-calls rate.
+ * same data once (blocks with transactions, receipts, logs);
+ * `raw_jsonrpc_same_calls_via_rpc_gateway` is the same-calls fetch through the RPC gateway
+ * (with `vs_direct`, a direct pass right after it). The target is >= 0.8 of the same-calls rate.
  *
  * Knobs: BENCH_CHAIN_BLOCKS (20000), BENCH_CHAIN_TX_BLOCKS (1000), BENCH_CHAIN_TX_PER_BLOCK (5),
  * BENCH_CHAIN_CHUNK (2000), BENCH_CHAIN_WORKERS (2 processes), BENCH_CHAIN_WORKER_CONCURRENCY (3),
@@ -190,6 +191,9 @@ export async function chainBench(): Promise<void> {
       streams: 'blocks,transactions,logs', node: 'ganache 7', backend: 'postgres' };
     await rawFetch(info.url, end, true); // warm the node (JIT, caches): raw passes keep speeding up otherwise
     const min = await rawFetch(info.url, end, false);
+    // The same raw fetch through the RPC egress gateway (the only path operators have): what the hop itself costs here.
+    const viaGw = await rawFetch(`${gw.url}/rpc/dev`, end, true);
+    const direct = await rawFetch(info.url, end, true);
     // Raw and end-to-end runs alternate so both see the node in the same state; medians over RUNS pairs.
     const runs: Array<{ raw_bps: number; trace_bps: number; ratio: number; raw_node_cpu: number; cpu: CpuWindow; ceiling: number }> = [];
     for (let i = 0; i < RUNS; i++) {
@@ -214,6 +218,8 @@ export async function chainBench(): Promise<void> {
     report({ ...withRuns, system: 'raw_jsonrpc_same_calls', metric: 'blocks_per_second', value: sameBps, unit: 'blocks/s' });
     report({ ...withRuns, system: 'raw_jsonrpc_same_calls', metric: 'transactions_per_second', value: round((txs * sameBps) / end, 0), unit: 'tx/s' });
     report({ ...common, system: 'raw_jsonrpc_min', metric: 'blocks_per_second', value: round(end / min.seconds, 0), unit: 'blocks/s' });
+    report({ ...common, system: 'raw_jsonrpc_same_calls_via_rpc_gateway', metric: 'blocks_per_second', value: round(end / viaGw.seconds, 0), unit: 'blocks/s',
+      vs_direct: round(direct.seconds / viaGw.seconds, 3) });
     report({ ...withRuns, system: 'trace', metric: 'blocks_per_second', value: e2eBps, unit: 'blocks/s' });
     report({ ...withRuns, system: 'trace', metric: 'transactions_per_second', value: round((txs * e2eBps) / end, 0), unit: 'tx/s' });
     // Each run's ratio is taken against the raw fetch just before it; the figure is their median.
