@@ -64,6 +64,16 @@ test(`${backend}: the chain-sync CLI applies, shows progress bars, watches, paus
     assert.match(await run(chainSyncResume, ['--name', 'cli_job']), /^resumed chain sync cli_job/);
     await assert.rejects(run(chainSyncStatus, ['--job', 'nope']), /no chain sync named nope/);
     assert.match(renderStatus([]), /no chain sync jobs/);
+    const follow = {
+      job_id: 'j', name: 'f', chain_id: 1, mode: { kind: 'follow_head', from_block: 0, tail_lag: 2 }, state: 'running', reason: null, paused: false, completed_at: null,
+      head: [{ rpc_pool: 'dev', head_block: 120, age_seconds: 1, last_error: null }],
+      streams: [{ dataset_key: 'blocks', cryo_dataset_name: 'blocks', rpc_pool: 'dev', dataset_name: 'f_blocks', dataset_uuid: 'u', active: true, state: 'caught_up',
+        next_block: 119, target: 119, committed_through: 119, committed_blocks: 119, committed_ranges: 30, rows: 119, bytes: 1, max_inflight: 4,
+        inflight: { total: 0, queued: 0, running: 0, retrying: 0, gave_up: 0 }, rate_blocks_per_second: 2, blocked_reason: null, last_error: null,
+        compaction: { windows: 2, in_flight: 1, abandoned: 0 } }],
+    };
+    assert.match(renderStatus([follow]), /compacted windows 2, 1 compacting\n?/);
+    assert.doesNotMatch(renderStatus([{ ...follow, streams: [{ ...follow.streams[0]!, compaction: { windows: 0, in_flight: 0, abandoned: 0 } }] }]), /compacted/);
   } finally {
     process.env.TRACE_DISPATCHER_URL = saved.url;
     process.env.TRACE_TOKEN = saved.token;

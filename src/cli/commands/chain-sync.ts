@@ -11,6 +11,7 @@ interface StreamView {
   state: string; next_block: number; target: number | null; committed_through: number; committed_blocks: number; committed_ranges: number;
   rows: number; bytes: number; inflight: { total: number; queued: number; running: number; retrying: number; gave_up: number };
   rate_blocks_per_second: number; blocked_reason: string | null; last_error: { message: string; at: string | null } | null; max_inflight: number;
+  compaction?: { windows: number; in_flight: number; abandoned: number };
 }
 
 interface JobView {
@@ -50,6 +51,10 @@ export function renderStatus(jobs: JobView[]): string {
       const fl = s.inflight;
       const flight = `in flight ${fl.total}/${s.max_inflight}${fl.running ? ` (${fl.running} running)` : ''}${fl.retrying ? ` ${fl.retrying} retrying` : ''}${fl.gave_up ? ` ${fl.gave_up} gave up` : ''}`;
       out.push(`  ${s.dataset_key.padEnd(w)}  ${bar(frac)}  ${target}  next ${num(s.next_block)}  ${flight}  ${s.rate_blocks_per_second} blk/s  ${s.state}`);
+      const k = s.compaction;
+      if (k && (k.windows || k.in_flight || k.abandoned)) {
+        out.push(`  ${' '.repeat(w)}  compacted windows ${k.windows}${k.in_flight ? `, ${k.in_flight} compacting` : ''}${k.abandoned ? `, ${k.abandoned} abandoned` : ''}`);
+      }
       if (s.blocked_reason) out.push(`  ${' '.repeat(w)}  blocked: ${s.blocked_reason}`);
       if (s.last_error) out.push(`  ${' '.repeat(w)}  last error${s.last_error.at ? ` (${s.last_error.at})` : ''}: ${s.last_error.message.replace(/\s+/g, ' ').slice(0, 200)}`);
     }
