@@ -212,15 +212,20 @@ export async function commitRange(q: Queryable, v: VerifiedRange): Promise<boole
 }
 
 // What a stream's view lists: committed compaction windows, and the committed ledger ranges no
-// committed compaction covers.
+// committed compaction covers. Compaction windows never overlap (they are examined in order from
+// compacted_through), so the only one that can cover a range is the nearest one starting at or
+// below it: one index probe per range, not a scan of every window.
 const VIEW_RANGES = `
 SELECT range_start, range_end, files FROM chain_sync_compactions
 WHERE job_id = $1 AND dataset_key = $2 AND status = 'completed'
 UNION ALL
 SELECT r.range_start, r.range_end, r.files FROM chain_sync_scheduled_ranges r
-WHERE r.job_id = $1 AND r.dataset_key = $2 AND r.status = 'completed'
-  AND NOT EXISTS (SELECT 1 FROM chain_sync_compactions c WHERE c.job_id = r.job_id AND c.dataset_key = r.dataset_key AND c.status = 'completed'
-                  AND c.range_start <= r.range_start AND r.range_end <= c.range_end)
+LEFT JOIN LATERAL (
+  SELECT c.range_end FROM chain_sync_compactions c
+  WHERE c.job_id = r.job_id AND c.dataset_key = r.dataset_key AND c.status = 'completed' AND c.range_start <= r.range_start
+  ORDER BY c.range_start DESC LIMIT 1
+) c ON true
+WHERE r.job_id = $1 AND r.dataset_key = $2 AND r.status = 'completed' AND (c.range_end IS NULL OR r.range_end > c.range_end)
 ORDER BY range_start`;
 
 /** Files of a view above this many are refused by the Query Service (storage.ts maxFiles). */
