@@ -120,6 +120,8 @@ jobs:
       const text = `${row('dup-1')}\n${row('dup-2')}\n`;
       const first = await publish(l, text);
       await waitFor('commit', async () => (await committed(first.body.publish_id)) === 1);
+      // The sink reports the batch's dataset event after the batch commits: wait for it too.
+      await waitFor('the first dataset event', async () => (await p.dbs.state.query(`SELECT 1 FROM dataset_events WHERE publish_id = $1`, [first.body.publish_id])).rows.length === 1);
       const after1 = await events();
       const eventsBefore = Number((await p.dbs.state.query<{ n: number }>(`SELECT count(*)::int AS n FROM dataset_events`)).rows[0]!.n);
       // The same rows again from another artifact of the same attempt.
