@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { RpcCallError, RpcClient, classifyRpcError, rpcClientForPool } from '../../src/operators/cryo_ingest/rpc.js';
+import { MethodSupport, RpcCallError, RpcClient, classifyRpcError, rpcClientForPool } from '../../src/operators/cryo_ingest/rpc.js';
 import { fetchLogs } from '../../src/operators/cryo_ingest/fetch.js';
 import { hexToNumber, toQuantity } from '../../src/chain/hex.js';
 import { jsonRpcServer, sendJson } from './support.js';
@@ -156,6 +156,46 @@ test('a missing method is detected once per client and remembered', async () => 
     rpc2.close();
   } finally {
     rpc.close();
+    await server.close();
+  }
+});
+
+test('clients of one pool share what they learned about a method; it expires, and a lost method falls back', async () => {
+  let receipts = false; // the node lacks eth_getBlockReceipts until told otherwise
+  const server = await jsonRpcServer({
+    answer: (method) =>
+      method === 'eth_getBlockReceipts' && !receipts
+        ? { error: { code: -32601, message: 'the method eth_getBlockReceipts does not exist/is not available' } }
+        : { result: [] },
+  });
+  const probes = () => server.calls.filter((c) => c.method === 'eth_getBlockReceipts').length;
+  // One client per task, as the operator makes them: the pool's support is shared.
+  const a = rpcClientForPool(server.url, 'shared_pool', { backoff: fastBackoff });
+  const b = rpcClientForPool(server.url, 'shared_pool', { backoff: fastBackoff });
+  try {
+    assert.equal((await a.callOptional('eth_getBlockReceipts', ['0x1'])).supported, false);
+    assert.equal((await b.callOptional('eth_getBlockReceipts', ['0x1'])).supported, false);
+    assert.equal(probes(), 1, 'the second task did not probe again');
+  } finally {
+    a.close();
+    b.close();
+  }
+  // The memory expires: a provider that gained the method is found again.
+  let now = 0;
+  const support = new MethodSupport(1000, () => now);
+  const c = new RpcClient({ url: server.url, backoff: fastBackoff, methodSupport: support });
+  try {
+    assert.equal((await c.callOptional('eth_getBlockReceipts', ['0x1'])).supported, false);
+    receipts = true;
+    assert.equal((await c.callOptional('eth_getBlockReceipts', ['0x1'])).supported, false, 'remembered');
+    now = 1001;
+    assert.deepEqual(await c.callOptional('eth_getBlockReceipts', ['0x1']), { supported: true, result: [] });
+    // ... and one that loses it again falls back instead of failing the range.
+    receipts = false;
+    assert.equal((await c.callOptional('eth_getBlockReceipts', ['0x1'])).supported, false);
+    assert.equal(support.get('eth_getBlockReceipts'), false);
+  } finally {
+    c.close();
     await server.close();
   }
 });

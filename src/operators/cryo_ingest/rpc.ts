@@ -49,6 +49,46 @@ export interface RpcClientOptions {
   log?: Logger;
   /** Test seam. */
   random?: () => number;
+  /**
+   * What the node behind the URL is known to support, shared by clients of the same endpoint
+   * (`rpcClientForPool` shares one per pool in this process). Default: this client's own.
+   */
+  methodSupport?: MethodSupport;
+}
+
+/**
+ * Optional-method support learned from a node, remembered for `ttlMs` (default 10 min) so a
+ * provider that gains or loses a method is probed again.
+ */
+export class MethodSupport {
+  readonly #known = new Map<string, { supported: boolean; at: number }>();
+  constructor(
+    readonly ttlMs = 10 * 60_000,
+    readonly now: () => number = Date.now,
+  ) {}
+
+  get(method: string): boolean | undefined {
+    const k = this.#known.get(method);
+    if (!k) return undefined;
+    if (this.now() - k.at > this.ttlMs) {
+      this.#known.delete(method);
+      return undefined;
+    }
+    return k.supported;
+  }
+
+  set(method: string, supported: boolean): void {
+    this.#known.set(method, { supported, at: this.now() });
+  }
+
+  entries(): Record<string, boolean> {
+    const out: Record<string, boolean> = {};
+    for (const m of this.#known.keys()) {
+      const v = this.get(m);
+      if (v !== undefined) out[m] = v;
+    }
+    return out;
+  }
 }
 
 export interface RpcClientStats {
@@ -102,7 +142,7 @@ export class RpcClient {
   #successStreak = 0;
   #closed = false;
   #pumpScheduled = false;
-  readonly #support = new Map<string, boolean>();
+  readonly #support: MethodSupport;
   readonly #probes = new Map<string, Promise<void>>();
   readonly #stats = { requests: 0, retries: 0, rateLimited: 0, timeouts: 0, decreases: 0, increases: 0 };
 
@@ -118,13 +158,14 @@ export class RpcClient {
     this.#endpoint = u;
     this.#timeoutMs = opts.timeoutMs ?? 30_000;
     this.#maxConcurrency = Math.max(1, Math.floor(opts.maxConcurrency ?? 8));
-    this.#maxBatch = Math.max(1, Math.floor(opts.maxBatchSize ?? Number(process.env.XB ?? 100)));
+    this.#maxBatch = Math.max(1, Math.floor(opts.maxBatchSize ?? 100));
     this.#concurrency = clamp(opts.initialConcurrency ?? this.#maxConcurrency, 1, this.#maxConcurrency);
     this.#batchSize = clamp(opts.initialBatchSize ?? this.#maxBatch, 1, this.#maxBatch);
     this.#maxRetries = Math.max(0, Math.floor(opts.maxRetries ?? 6));
     this.#backoff = opts.backoff ?? DEFAULT_RPC_BACKOFF;
     this.#log = opts.log ?? silentLogger;
     this.#random = opts.random ?? Math.random;
+    this.#support = opts.methodSupport ?? new MethodSupport();
   }
 
   /** One call. Rejects with `RpcCallError`. */
@@ -150,7 +191,17 @@ export class RpcClient {
     for (;;) {
       const known = this.#support.get(method);
       if (known === false) return { supported: false };
-      if (known === true) return { supported: true, result: await this.call<T>(method, params) };
+      if (known === true) {
+        try {
+          return { supported: true, result: await this.call<T>(method, params) };
+        } catch (e) {
+          // the node lost the method (another provider of the pool answered): fall back
+          if (!(e instanceof RpcCallError && e.kind === 'method_not_found')) throw e;
+          this.#support.set(method, false);
+          this.#log.info({ method }, 'rpc method no longer supported by the node; using the fallback');
+          return { supported: false };
+        }
+      }
       const probe = this.#probes.get(method);
       if (probe) {
         // re-check after the probe: support may be known now, or another waiter probes again
@@ -190,7 +241,7 @@ export class RpcClient {
       inflight: this.#inflight,
       queued: this.#ready.length + this.#delayed.length,
       ...this.#stats,
-      methodSupport: Object.fromEntries(this.#support),
+      methodSupport: this.#support.entries(),
     };
   }
 
@@ -452,8 +503,22 @@ function errorCode(v: unknown): string | undefined {
 const truncate = (s: string, n = 300): string => (s.length > n ? `${s.slice(0, n)}…` : s);
 const clamp = (v: number, lo: number, hi: number): number => Math.max(lo, Math.min(hi, Math.floor(v)));
 
-/** Client for one pool of the RPC egress gateway. Operators name a pool, never a URL. */
+/** Method support per gateway pool endpoint, shared by the clients (tasks) of this process. */
+const poolSupport = new Map<string, MethodSupport>();
+
+/**
+ * Client for one pool of the RPC egress gateway. Operators name a pool, never a URL. Clients
+ * of the same pool share what they learned about optional methods, so a node without
+ * `eth_getBlockReceipts` is probed once per process (and again after the TTL), not per task.
+ */
 export function rpcClientForPool(gatewayUrl: string, pool: string, opts: Omit<RpcClientOptions, 'url'> = {}): RpcClient {
   if (!/^[a-z0-9_]{1,64}$/.test(pool)) throw new TraceError(400, 'RPC_POOL_INVALID', 'rpc_pool must match ^[a-z0-9_]{1,64}$');
-  return new RpcClient({ ...opts, url: `${gatewayUrl.replace(/\/+$/, '')}/rpc/${pool}` });
+  const url = `${gatewayUrl.replace(/\/+$/, '')}/rpc/${pool}`;
+  let support = poolSupport.get(url);
+  if (!support) {
+    support = new MethodSupport();
+    if (poolSupport.size >= 256) poolSupport.clear(); // bounded: pools are few
+    poolSupport.set(url, support);
+  }
+  return new RpcClient({ methodSupport: support, ...opts, url });
 }
