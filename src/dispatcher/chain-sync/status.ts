@@ -160,8 +160,16 @@ export async function chainSyncStatus(q: Queryable, orgId: string, nameOrId?: st
       });
     }
     const ss: StreamStatus[] = [];
+    // One planning target per pool for the whole answer: streams on the same pool must not
+    // disagree because the head observation turned stale between two of their lookups.
+    const targets = new Map<string, ReturnType<typeof planningTarget>>();
     for (const s of mine) {
-      const t = await planningTarget(q, { ...j, rpc_pool: s.rpc_pool });
+      let target = targets.get(s.rpc_pool);
+      if (!target) {
+        target = planningTarget(q, { ...j, rpc_pool: s.rpc_pool });
+        targets.set(s.rpc_pool, target);
+      }
+      const t = await target;
       const next = Number(s.next_block);
       const windowSeconds = s.window_first_at === null ? 0 : Math.min(60, Math.max(1, s.now_epoch - s.window_first_at));
       const attemptErr = errors.get(`${j.job_id}/${s.dataset_key}`);
