@@ -200,6 +200,32 @@ test('clients of one pool share what they learned about a method; it expires, an
   }
 });
 
+test('an answer too large for the gateway: a batch is retried in smaller batches, a single call is "too many results"', async () => {
+  // The gateway refuses answers over its cap with 502 RPC_RESPONSE_TOO_LARGE; here any batch of
+  // more than 5 calls is "too large".
+  const server = await jsonRpcServer({
+    before: async (reqs, res) => {
+      if (reqs.length > 5 || reqs.some((r) => r.method === 'huge')) {
+        sendJson(res, 502, { error: 'the upstream response exceeded 1024 bytes', code: 'RPC_RESPONSE_TOO_LARGE' });
+        return true;
+      }
+      return false;
+    },
+    answer: (_m, params) => ({ result: params[0] }),
+  });
+  const rpc = new RpcClient({ url: server.url, maxBatchSize: 40, maxConcurrency: 2, backoff: fastBackoff });
+  try {
+    const out = await rpc.callMany(Array.from({ length: 40 }, (_, i) => ({ method: 'echo', params: [i] })));
+    assert.deepEqual(out, Array.from({ length: 40 }, (_, i) => i), 'every call answered after the batches shrank');
+    assert.ok(rpc.stats().decreases >= 3, 'halved 40 -> 20 -> 10 -> 5');
+    assert.ok(server.batches.some((n) => n <= 5), JSON.stringify(server.batches));
+    await assert.rejects(rpc.call('huge', [1]), (e: unknown) => e instanceof RpcCallError && e.kind === 'too_many_results');
+  } finally {
+    rpc.close();
+    await server.close();
+  }
+});
+
 test('error classification', () => {
   assert.equal(classifyRpcError({ code: -32601, message: 'Method not found' }), 'method_not_found');
   assert.equal(classifyRpcError({ code: -32005, message: 'query returned more than 10000 results' }), 'too_many_results');

@@ -246,3 +246,39 @@ test('pool configuration errors never echo the provider URL', async () => {
   );
   await assert.rejects(startRpcGateway({ port: 0, pools: { 'bad-name': ['http://127.0.0.1:1'] } }), /pool names/);
 });
+
+test('an upstream answer over maxResponseBytes is 502 RPC_RESPONSE_TOO_LARGE, declared or streamed; the pool stays usable', async () => {
+  const big = 'x'.repeat(4096);
+  const s = await listen((req, res) => {
+    if (req.url?.includes('declared')) {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(big.length + 20) });
+      res.end(`{"jsonrpc":"2.0","id":1,"result":"${big}"}`.slice(0, big.length + 20));
+      return;
+    }
+    if (req.url?.includes('streamed')) {
+      res.writeHead(200, { 'content-type': 'application/json' }); // chunked: counted as it arrives
+      res.write('{"jsonrpc":"2.0","id":1,"result":"');
+      for (let i = 0; i < 4; i++) res.write(big);
+      res.end('"}');
+      return;
+    }
+    sendJson(res, 200, { jsonrpc: '2.0', id: 1, result: '0x1' });
+  });
+  const gw = await startRpcGateway({
+    port: 0, maxResponseBytes: 1024, log: captureLogger().log,
+    pools: { declared: [`${s.url}/declared`], streamed: [`${s.url}/streamed`], small: [`${s.url}/small`] },
+  });
+  try {
+    for (const pool of ['declared', 'streamed']) {
+      const r = await post(gw, pool, req(1));
+      assert.equal(r.status, 502, pool);
+      assert.equal((r.body as Record<string, unknown>).code, 'RPC_RESPONSE_TOO_LARGE', pool);
+    }
+    const ok = await post(gw, 'small', req(1));
+    assert.equal(ok.status, 200);
+    assert.equal((ok.body as Record<string, unknown>).result, '0x1');
+  } finally {
+    await gw.close();
+    await s.close();
+  }
+});
