@@ -29,6 +29,7 @@ import { parseStorageRef, resolveStorageFiles } from '../../src/query/storage.js
 import type { Operator } from '../../src/operators/types.js';
 
 import { TEST_SECRETS, testDispatcherDeps } from '../support/dispatcher.js';
+import { post, type Lease } from '../support/drive.js';
 import { tokenInitCode, word } from '../chain/ganache_chain.js';
 import { jsonRpcServer, type TestServer } from '../chain/support.js';
 
@@ -368,30 +369,16 @@ ${streams.map((s) => `  ${s}:
 // ---------------------------------------------------------------------------------------------
 // Driving the worker contract by hand
 
-export interface Lease {
-  task_id: string;
-  attempt: number;
-  lease_token: string;
-  capability_token: string;
-  task: any;
-}
-
-export async function post(url: string, path: string, body: unknown, headers: Record<string, string>): Promise<{ status: number; body: any }> {
-  const res = await fetch(`${url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
-  const text = await res.text();
-  let parsed: unknown = text;
-  try { parsed = JSON.parse(text); } catch { /* text */ }
-  return { status: res.status, body: parsed };
-}
+export type { Lease };
 
 export async function claim(st: Stack, taskId: string, workerId = 'hand'): Promise<Lease> {
-  const r = await post(st.url, '/internal/task-claim', { task_id: taskId, worker_id: workerId }, { 'x-trace-worker-token': st.workerToken });
+  const r = await post(st, '/internal/task-claim', { task_id: taskId, worker_id: workerId }, { 'x-trace-worker-token': st.workerToken });
   if (r.body.status !== 'Claimed') throw new Error(`expected Claimed, got ${JSON.stringify(r.body)}`);
   return { task_id: taskId, attempt: r.body.attempt, lease_token: r.body.lease_token, capability_token: r.body.capability_token, task: r.body.task };
 }
 
 export function complete(st: Stack, l: Lease, extra: Record<string, unknown>): Promise<{ status: number; body: any }> {
-  return post(st.url, '/v1/task/complete', { task_id: l.task_id, attempt: l.attempt, lease_token: l.lease_token, ...extra }, { 'x-trace-task-capability': l.capability_token });
+  return post(st, '/v1/task/complete', { task_id: l.task_id, attempt: l.attempt, lease_token: l.lease_token, ...extra }, { 'x-trace-task-capability': l.capability_token });
 }
 
 /** Runs an operator on a claimed payload (without the worker wrapper) and returns its result. */

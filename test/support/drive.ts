@@ -5,7 +5,8 @@ export async function claim(p: TestPlatform, taskId: string, workerId = 'test-wo
   return post(p, '/internal/task-claim', { task_id: taskId, worker_id: workerId }, { 'x-trace-worker-token': token });
 }
 
-export async function post(p: TestPlatform, path: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; body: any }> {
+/** POST JSON to a running service (anything with a base `url`); the body comes back parsed when it is JSON. */
+export async function post(p: { url: string }, path: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; body: any }> {
   const res = await fetch(`${p.url}${path}`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', ...headers },
