@@ -23,6 +23,7 @@ import { ingestManifestSchema, MANIFEST_FILE, SUCCESS_FILE, type IngestManifest 
 import { attemptPrefix, cryoIngestConfigSchema, datasetPrefix, rangeDatasetVersion, type CryoIngestConfig } from '../../operators/cryo_ingest/payload.js';
 import { storageRefFor, type ObjectStore } from '../../operators/cryo_ingest/store.js';
 import { CHAIN_SYNC_DAG_PREFIX, CRYO_INGEST_OPERATOR, viewVersion } from './ids.js';
+import { PUBLISH_VERSION } from '../tasks/complete.js';
 import { redriveRange } from './apply.js';
 import { rangeOfTask } from './compaction.js';
 
@@ -165,11 +166,6 @@ export async function verifyChainSyncCompletion(
   };
 }
 
-const PUBLISH_RANGE_VERSION = `
-INSERT INTO dataset_versions (id, dataset_uuid, storage_location, storage_ref, config_hash, range_start, range_end)
-VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
-ON CONFLICT DO NOTHING`;
-
 const RECORD_PARTITION = `
 INSERT INTO partition_versions (dataset_uuid, dataset_version, partition_key, config_hash, location, row_count, bytes)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -197,7 +193,7 @@ export async function lockStream(q: Queryable, jobId: string, datasetKey: string
  */
 export async function commitRange(q: Queryable, v: VerifiedRange): Promise<boolean> {
   const location = typeof v.storage_ref.prefix === 'string' ? v.storage_ref.prefix : null;
-  await q.query(PUBLISH_RANGE_VERSION, [v.dataset_version, v.dataset_uuid, location, JSON.stringify(v.storage_ref), v.config_hash, v.range_start, v.range_end]);
+  await q.query(PUBLISH_VERSION, [v.dataset_version, v.dataset_uuid, location, JSON.stringify(v.storage_ref), v.config_hash, v.range_start, v.range_end]);
   const have = (await q.query<{ storage_ref: Record<string, unknown> | null; config_hash: string | null; range_start: number | null; range_end: number | null; dataset_uuid: string }>(
     `SELECT dataset_uuid, storage_ref, config_hash, range_start, range_end FROM dataset_versions WHERE id = $1`, [v.dataset_version])).rows[0];
   if (!have || have.dataset_uuid !== v.dataset_uuid || have.config_hash !== v.config_hash || Number(have.range_start) !== v.range_start
@@ -264,7 +260,7 @@ export async function publishView(q: Queryable, store: ObjectStore, jobId: strin
   const ref = { ...storageRefFor(store, base), manifest: manifestRel };
   const first = Number(rows[0]!.range_start);
   const last = Math.max(...rows.map((r) => Number(r.range_end)));
-  await q.query(PUBLISH_RANGE_VERSION, [version, s.dataset_uuid, typeof ref.prefix === 'string' ? ref.prefix : null, JSON.stringify(ref), `view:${digest}`, first, last]);
+  await q.query(PUBLISH_VERSION, [version, s.dataset_uuid, typeof ref.prefix === 'string' ? ref.prefix : null, JSON.stringify(ref), `view:${digest}`, first, last]);
   await q.query(`UPDATE datasets SET current_version = $2, updated_at = now() WHERE id = $1 AND current_version IS DISTINCT FROM $2`, [s.dataset_uuid, version]);
   return version;
 }

@@ -56,7 +56,8 @@ const UPDATE_STATE = `
 UPDATE operator_state SET state = $4::jsonb, version = version + 1, updated_at = now()
 WHERE org_id = $1 AND job_id = $2 AND state_key = $3 AND version = $5 RETURNING version`;
 
-const PUBLISH_VERSION = `
+/** Registers an immutable dataset version (a re-registration of the same id is a no-op). */
+export const PUBLISH_VERSION = `
 INSERT INTO dataset_versions (id, dataset_uuid, storage_location, storage_ref, config_hash, range_start, range_end)
 VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
 ON CONFLICT DO NOTHING`;
