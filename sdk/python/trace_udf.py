@@ -14,11 +14,15 @@ Copy this file into your bundle, list it in bundle_manifest.json, and import it:
 Contract (see sdk/README.md): the runner writes the invocation JSON to stdin and reads exactly one
 JSON object from stdout. Logs go to stderr. Every platform call is a task-scoped HTTP call
 authenticated by the per-attempt capability token (header X-Trace-Task-Capability) and fenced by
-{task_id, attempt, lease_token} from the invocation.
+{task_id, attempt, lease_token} from the invocation. In the local sandbox there is no network:
+calls go over the Unix socket named by TRACE_TASK_SOCKET. Elsewhere (the Lambda runner) they go
+to TRACE_DISPATCHER_URL and TRACE_QUERY_URL.
 """
 
+import http.client
 import json
 import os
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -28,7 +32,7 @@ DEFAULT_TIMEOUT_S = 30
 
 __all__ = [
     "TraceTaskError", "read_invocation", "query", "emit", "publish_buffer", "heartbeat",
-    "credentials", "complete", "output", "run",
+    "credentials", "upload", "complete", "output", "run",
 ]
 
 
@@ -72,26 +76,58 @@ def _token():
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _post(base, path, body, timeout=DEFAULT_TIMEOUT_S):
-    req = urllib.request.Request(
-        base + path,
-        data=json.dumps(body).encode("utf-8"),
-        method="POST",
-        headers={"content-type": "application/json", CAPABILITY_HEADER: _token()},
-    )
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over the runner's Unix socket (the sandbox has no network)."""
+
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self._socket_path = path
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._socket_path)
+        self.sock = sock
+
+
+def _via_socket(socket_path, method, path, data, headers, timeout):
+    conn = _UnixConnection(socket_path, timeout)
+    try:
+        conn.request(method, path, body=data, headers=headers)
+        res = conn.getresponse()
+        return res.status, res.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def _send(service, path, data, headers, timeout):
+    """Returns (status, body text)."""
+    socket_path = os.environ.get("TRACE_TASK_SOCKET")
+    if socket_path:
+        return _via_socket(socket_path, "POST", path, data, headers, timeout)
+    base = _env("TRACE_QUERY_URL" if service == "query" else "TRACE_DISPATCHER_URL")
+    req = urllib.request.Request(base + path, data=data, method="POST", headers=headers)
     try:
         with _opener.open(req, timeout=timeout) as res:
-            text = res.read().decode("utf-8")
-            return json.loads(text) if text else None
+            return res.status, res.read().decode("utf-8")
     except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+
+
+def _post(service, path, body, timeout=DEFAULT_TIMEOUT_S):
+    """POSTs to `service` ("dispatcher" or "query"; the socket carries both), parses the answer."""
+    headers = {"content-type": "application/json", CAPABILITY_HEADER: _token()}
+    status, text = _send(service, path, json.dumps(body).encode("utf-8"), headers, timeout)
+    parsed = None
+    try:
+        parsed = json.loads(text) if text else None
+    except ValueError:
         parsed = None
-        try:
-            parsed = json.loads(e.read().decode("utf-8"))
-        except Exception:
-            parsed = None
-        msg = parsed.get("error") if isinstance(parsed, dict) and isinstance(parsed.get("error"), str) else "HTTP %d" % e.code
+    if status < 200 or status >= 300:
+        msg = parsed.get("error") if isinstance(parsed, dict) and isinstance(parsed.get("error"), str) else "HTTP %d" % status
         code = parsed.get("code") if isinstance(parsed, dict) else None
-        raise TraceTaskError("%s: %s" % (path, msg), e.code, code) from None
+        raise TraceTaskError("%s: %s" % (path, msg), status, code)
+    return parsed
 
 
 def _fence():
@@ -99,41 +135,82 @@ def _fence():
     return {"task_id": inv["task_id"], "attempt": inv["attempt"], "lease_token": inv["lease_token"]}
 
 
-def query(sql, dataset_uuid=None, limit=None, dataset_id=None, timeout=DEFAULT_TIMEOUT_S):
-    """Runs read-only SQL against a granted dataset (POST ${TRACE_QUERY_URL}/v1/task/query).
+def query(sql, dataset_uuid=None, limit=None, dataset_id=None, timeout=DEFAULT_TIMEOUT_S, datasets=None):
+    """Runs read-only SQL against granted datasets (POST /v1/task/query).
 
-    The dataset is the relation `dataset`. Returns {"columns", "rows", "truncated"}.
+    One dataset (dataset_uuid=) is the relation `dataset`; datasets={"blocks": uuid, "logs": uuid}
+    binds each granted dataset to its own relation name, for joins. Only while this attempt holds
+    its lease. Returns {"columns", "rows", "truncated"}.
     """
-    inv = read_invocation()
-    body = {"task_id": inv["task_id"], "attempt": inv["attempt"], "sql": sql}
+    body = dict(_fence(), sql=sql)
     ds = dataset_id if dataset_id is not None else dataset_uuid
-    if ds is not None:
+    if datasets is not None:
+        body["datasets"] = datasets
+    elif ds is not None:
         body["dataset_id"] = ds
     if limit is not None:
         body["limit"] = limit
-    return _post(_env("TRACE_QUERY_URL"), "/v1/task/query", body, timeout)
+    return _post("query", "/v1/task/query", body, timeout)
 
 
 def emit(events):
     """Emits upstream events mid-task (POST /v1/task/events)."""
-    return _post(_env("TRACE_DISPATCHER_URL"), "/v1/task/events", dict(_fence(), events=events))
+    return _post("dispatcher", "/v1/task/events", dict(_fence(), events=events))
 
 
 def publish_buffer(batch_uri, batch_size_bytes, dedupe_scope, content_type="application/jsonl"):
     """Publishes a buffered batch already written to object storage (POST /v1/task/buffer-publish)."""
     body = dict(_fence(), batch_uri=batch_uri, content_type=content_type,
                 batch_size_bytes=batch_size_bytes, dedupe_scope=dedupe_scope)
-    return _post(_env("TRACE_DISPATCHER_URL"), "/v1/task/buffer-publish", body)
+    return _post("dispatcher", "/v1/task/buffer-publish", body)
 
 
 def heartbeat():
     """Extends the lease (POST /v1/task/heartbeat). Call it periodically in long runs."""
-    return _post(_env("TRACE_DISPATCHER_URL"), "/v1/task/heartbeat", _fence())
+    return _post("dispatcher", "/v1/task/heartbeat", _fence())
 
 
-def credentials():
-    """Short-lived, prefix-scoped object-store credentials (POST /v1/task/credentials)."""
-    return _post(_env("TRACE_DISPATCHER_URL"), "/v1/task/credentials", _fence())
+def credentials(uploads=None):
+    """Short-lived, prefix-scoped object-store credentials (POST /v1/task/credentials).
+
+    uploads=[{"name": ..., "area": "buffers"|"scratch"}] also asks for signed uploads into this
+    attempt's prefixes.
+    """
+    body = _fence()
+    if uploads:
+        body["uploads"] = uploads
+    return _post("dispatcher", "/v1/task/credentials", body)
+
+
+def upload(name, data, area="buffers", timeout=DEFAULT_TIMEOUT_S):
+    """Writes data (str or bytes) to name in this attempt's buffers (default) or scratch prefix.
+
+    Goes through a signed upload (the runner's socket in the local sandbox) and returns
+    {"uri", "bytes"}; publish "uri" with publish_buffer().
+    """
+    target = credentials(uploads=[{"name": name, "area": area}])["uploads"][0]
+    body = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    socket_path = os.environ.get("TRACE_TASK_SOCKET")
+    if socket_path and target["url"].startswith("/"):
+        headers = dict(target.get("headers") or {}, **{CAPABILITY_HEADER: _token()})
+        status, text = _via_socket(socket_path, "PUT", target["url"], body, headers, timeout)
+    else:
+        req = urllib.request.Request(target["url"], data=body, method=target.get("method", "PUT"), headers=target.get("headers") or {})
+        try:
+            with _opener.open(req, timeout=timeout) as res:
+                status, text = res.status, res.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            status, text = e.code, e.read().decode("utf-8", "replace")
+    if status < 200 or status >= 300:
+        parsed = None
+        try:
+            parsed = json.loads(text) if text else None
+        except ValueError:
+            parsed = None
+        msg = parsed.get("error") if isinstance(parsed, dict) and isinstance(parsed.get("error"), str) else "HTTP %d" % status
+        code = parsed.get("code") if isinstance(parsed, dict) else None
+        raise TraceTaskError("upload %s: %s" % (name, msg), status, code)
+    return {"uri": target["uri"], "bytes": len(body)}
 
 
 def complete(status="Completed", **fields):
@@ -141,7 +218,7 @@ def complete(status="Completed", **fields):
 
     Optional: by default the runner host completes the task from your output object.
     """
-    return _post(_env("TRACE_DISPATCHER_URL"), "/v1/task/complete", dict(_fence(), status=status, **fields))
+    return _post("dispatcher", "/v1/task/complete", dict(_fence(), status=status, **fields))
 
 
 def output(obj):

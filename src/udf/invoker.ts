@@ -21,6 +21,7 @@ import { formatPath, type Problem } from '../core/errors.js';
 import { lambdaInvocationPayloadSchema, udfStdinPayload, type LambdaInvocationPayload } from './invocation.js';
 import type { BundleCaps, BundleRuntime } from './manifest.js';
 import { runUdf, type UdfFailureKind, type UdfRunResult } from './runner.js';
+import type { UdfSandbox } from './sandbox/sandbox.js';
 
 export type InvokeFailureKind = UdfFailureKind | 'bad_payload' | 'bundle_unavailable' | 'invoke_error' | 'function_error';
 
@@ -34,7 +35,7 @@ export type InvokeResult =
       failure: InvokeFailureKind;
       /** A safe sentence for `error_message` (never tokens or raw output). */
       message: string;
-      /** False when retrying the same bundle cannot help (invalid bundle, hash mismatch, bad payload). */
+      /** False when retrying cannot help (invalid bundle, hash mismatch, bad payload, no sandbox). */
       retryable: boolean;
       stderr?: string;
       exitCode?: number | null;
@@ -43,10 +44,11 @@ export type InvokeResult =
     };
 
 export interface UdfInvoker {
-  invoke(payload: LambdaInvocationPayload): Promise<InvokeResult>;
+  /** `signal` asks a synchronous run to stop at once (the host is shutting down); its result is then meaningless. */
+  invoke(payload: LambdaInvocationPayload, opts?: { signal?: AbortSignal }): Promise<InvokeResult>;
 }
 
-const PERMANENT: ReadonlySet<InvokeFailureKind> = new Set(['invalid_bundle', 'hash_mismatch', 'bad_payload']);
+const PERMANENT: ReadonlySet<InvokeFailureKind> = new Set(['invalid_bundle', 'hash_mismatch', 'bad_payload', 'sandbox_unavailable']);
 
 function parsePayload(payload: unknown): { ok: true; value: LambdaInvocationPayload } | { ok: false; result: InvokeResult } {
   const parsed = lambdaInvocationPayloadSchema.safeParse(payload);
@@ -107,6 +109,8 @@ export interface LoadedBundle {
 }
 
 export interface LocalProcessInvokerOptions {
+  /** The OS sandbox every run goes through (created once at start-up). */
+  sandbox: UdfSandbox;
   /** Fetches the immutable bundle bytes and their recorded hash (object store + bundle table). */
   loadBundle(bundleId: string): Promise<LoadedBundle>;
   dispatcherUrl: string;
@@ -119,9 +123,7 @@ export interface LocalProcessInvokerOptions {
   maxStderrBytes?: number;
   /** Runner-owned env allowlist with values (see RunUdfOptions.envAllowlist). */
   envAllowlist?: Record<string, string>;
-  workRoot?: string;
   caps?: Partial<BundleCaps>;
-  pythonPath?: string;
   nodeMaxOldSpaceMb?: number;
   logger?: Logger;
 }
@@ -133,7 +135,7 @@ export class LocalProcessInvoker implements UdfInvoker {
     this.log = opts.logger ?? silentLogger;
   }
 
-  async invoke(raw: LambdaInvocationPayload): Promise<InvokeResult> {
+  async invoke(raw: LambdaInvocationPayload, invokeOpts: { signal?: AbortSignal } = {}): Promise<InvokeResult> {
     const parsed = parsePayload(raw);
     if (!parsed.ok) return parsed.result;
     const payload = parsed.value;
@@ -155,6 +157,9 @@ export class LocalProcessInvoker implements UdfInvoker {
     const runtime = payload.udf.runtime ?? bundle.runtime;
 
     const result = await runUdf({
+      sandbox: this.opts.sandbox,
+      log,
+      fence: { task_id: payload.task_id, attempt: payload.attempt, lease_token: payload.lease_token },
       bundle: bundle.bytes,
       expectedSha256: pinned,
       invocation: udfStdinPayload(payload),
@@ -167,10 +172,9 @@ export class LocalProcessInvoker implements UdfInvoker {
       expectedEntrypoint: payload.udf.entrypoint,
       ...(runtime ? { expectedRuntime: runtime } : {}),
       ...(this.opts.envAllowlist ? { envAllowlist: this.opts.envAllowlist } : {}),
-      ...(this.opts.workRoot ? { workRoot: this.opts.workRoot } : {}),
       ...(this.opts.caps ? { caps: this.opts.caps } : {}),
-      ...(this.opts.pythonPath ? { pythonPath: this.opts.pythonPath } : {}),
       ...(this.opts.nodeMaxOldSpaceMb ? { nodeMaxOldSpaceMb: this.opts.nodeMaxOldSpaceMb } : {}),
+      ...(invokeOpts.signal ? { signal: invokeOpts.signal } : {}),
     });
     if (result.ok) log.info({ duration_ms: result.durationMs }, 'udf run succeeded');
     else log.warn({ failure: result.failure, exit_code: result.exitCode, duration_ms: result.durationMs }, 'udf run failed');
@@ -271,7 +275,7 @@ export class AwsLambdaInvoker implements UdfInvoker {
   }
 }
 
-const KINDS: ReadonlySet<string> = new Set(['hash_mismatch', 'invalid_bundle', 'timeout', 'bad_output', 'exit_nonzero', 'spawn_failed']);
+const KINDS: ReadonlySet<string> = new Set(['hash_mismatch', 'invalid_bundle', 'timeout', 'bad_output', 'exit_nonzero', 'spawn_failed', 'sandbox_unavailable']);
 
 function isRunResult(v: unknown): v is UdfRunResult {
   if (v === null || typeof v !== 'object') return false;

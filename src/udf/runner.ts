@@ -3,45 +3,47 @@
  * contract v1) and reports a typed outcome. It never throws for anything the bundle does.
  *
  * Steps: verify the bundle's SHA-256 against the pinned hash, validate it (inspect), extract the
- * declared files into a fresh private 0700 directory, start the entrypoint there with an empty
- * environment plus exactly the variables listed below, write the invocation JSON to stdin,
- * read one JSON object from stdout (bounded), keep stderr (bounded, secrets redacted), kill the
- * whole process group on timeout and after exit, and remove the directory.
+ * declared files into a fresh run directory under the sandbox's work area, start the entrypoint
+ * with an empty environment plus exactly the variables listed below, write the invocation JSON
+ * to stdin, read one JSON object from stdout (bounded), keep stderr (bounded, secrets redacted),
+ * kill everything the run started on timeout and after exit, and remove the run directory.
+ *
+ * Isolation comes from the `UdfSandbox` passed in (src/udf/sandbox/README.md):
+ * - `bubblewrap` (default): fresh user, PID, mount, network, IPC and UTS namespaces, an
+ *   unprivileged uid, read-only runtime and bundle, a size-bounded `/scratch`, rlimits, no
+ *   network; the task routes are reached through a per-run Unix socket the runner owns and
+ *   filters (`TRACE_TASK_SOCKET`). Node also keeps its permission model inside.
+ * - `unavailable`: every run fails with `sandbox_unavailable` and the reason (fail closed).
+ * - `unsafe-none` (explicit opt-in): the child runs as this OS user in its own process group,
+ *   Node under its permission model, Python under `-I -S -B`, with `TRACE_DISPATCHER_URL` and
+ *   `TRACE_QUERY_URL` to reach the services directly. Nothing else is enforced.
  *
  * Environment of the UDF process, nothing else:
- * - `PATH=/usr/local/bin:/usr/bin:/bin`, `HOME=<private dir>`
- * - `TRACE_TASK_CAPABILITY_TOKEN`, `TRACE_DISPATCHER_URL`, `TRACE_QUERY_URL`
+ * - `PATH=/usr/local/bin:/usr/bin:/bin`, `HOME` (and `TMPDIR` in the sandbox: `/scratch`)
+ * - `TRACE_TASK_CAPABILITY_TOKEN`; `TRACE_TASK_SOCKET` in the sandbox, `TRACE_DISPATCHER_URL`
+ *   and `TRACE_QUERY_URL` in unsafe-none
  * - names in the manifest's `env_allowlist` that the caller supplies a value for (the caller's
  *   `envAllowlist` is the runner-owned allowlist; values never come from this process's env)
  * - the caller's `extraEnv` (trusted; may not override the names above or steer interpreters)
- *
- * Isolation, honestly stated:
- * - node: Node's permission model (`--permission` on Node 22.13+/23.5+, `--experimental-permission`
- *   on Node 20/21; detected at first use by a probe that checks the sandbox really denies) with
- *   `--allow-fs-read=<private dir>` only: no reads outside the bundle, no writes at all, no child
- *   processes, no worker threads, no native addons. Node documents this model as a seat belt for
- *   trusted code, not a boundary against malicious code. If no working flag is found, node
- *   bundles fail with `spawn_failed` (fail closed).
- * - python: `-I -S -B` (isolated mode: no PYTHON* variables, no user or system site-packages, no
- *   .pyc writes) with the bundle directory put first on `sys.path`. Python has no in-process
- *   sandbox: it can read whatever this OS user can.
- * - Neither runtime is network-restricted here. The UDF needs HTTP to the Dispatcher and Query
- *   Service only; restricting egress to those (Lambda in a VPC without NAT, a network namespace,
- *   a firewall) is the deployment's job. The production boundary is the platform-managed Lambda
- *   (or seccomp/containers), not this runner.
  */
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { constants as osConstants, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { isTraceError, type Problem } from '../core/errors.js';
+import { silentLogger, type Logger } from '../core/log.js';
 import { extractBundle, inspectBundle } from './bundle.js';
 import { ENV_NAME_RE, isReservedEnvName, resolveCaps, type BundleCaps, type BundleManifest, type BundleRuntime } from './manifest.js';
+import { openTaskChannel, type TaskChannel, type TaskFence } from './sandbox/channel.js';
+import { SANDBOX_PATHS, type UdfSandbox } from './sandbox/sandbox.js';
+import { RUN_SOCKET, processStartTime, removeDir } from './sandbox/workarea.js';
 
-export type UdfFailureKind = 'hash_mismatch' | 'invalid_bundle' | 'timeout' | 'bad_output' | 'exit_nonzero' | 'spawn_failed';
+export type UdfFailureKind = 'hash_mismatch' | 'invalid_bundle' | 'timeout' | 'bad_output' | 'exit_nonzero' | 'spawn_failed' | 'sandbox_unavailable';
 
 export interface RunUdfOptions {
+  /** The isolation every run goes through (created once at start-up). */
+  sandbox: UdfSandbox;
   /** The bundle zip: a path or its bytes. */
   bundle: string | Buffer;
   /** The SHA-256 pinned at upload; the bytes must hash to it. */
@@ -65,13 +67,18 @@ export interface RunUdfOptions {
   expectedEntrypoint?: string;
   /** When set, the manifest runtime must equal it (the runtime recorded at upload). */
   expectedRuntime?: BundleRuntime;
-  /** Parent of the private directory; defaults to the OS temp directory. */
-  workRoot?: string;
   caps?: Partial<BundleCaps>;
-  /** Python interpreter; defaults to `python3` looked up on the UDF's minimal PATH. */
-  pythonPath?: string;
   /** Node heap limit for the UDF (`--max-old-space-size`). */
   nodeMaxOldSpaceMb?: number;
+  /** Aborting ends the run at once, its whole process tree with it (the host is shutting down). */
+  signal?: AbortSignal;
+  /**
+   * The attempt the task channel accepts calls for; default: `task_id`, `attempt` and
+   * `lease_token` of the invocation.
+   */
+  fence?: TaskFence;
+  /** Where the task channel logs what it refuses (never tokens). */
+  log?: Logger;
 }
 
 interface RunCommon {
@@ -102,7 +109,7 @@ export type UdfRunResult = UdfRunSuccess | UdfRunFailure;
 export const MINIMAL_PATH = '/usr/local/bin:/usr/bin:/bin';
 
 /** Variables the runner owns; extraEnv may not set them. */
-const RUNNER_OWNED = new Set(['PATH', 'HOME', 'TRACE_TASK_CAPABILITY_TOKEN', 'TRACE_DISPATCHER_URL', 'TRACE_QUERY_URL']);
+const RUNNER_OWNED = new Set(['PATH', 'HOME', 'TMPDIR', 'TRACE_TASK_CAPABILITY_TOKEN', 'TRACE_TASK_SOCKET', 'TRACE_DISPATCHER_URL', 'TRACE_QUERY_URL']);
 
 const PYTHON_BOOTSTRAP = [
   'import sys, runpy',
@@ -120,6 +127,8 @@ export interface NodeSandbox {
   permissionFlag: string;
   /** `--disable-warning=ExperimentalWarning` or `--no-warnings`. */
   warningFlag: string;
+  /** This Node accepts several `--allow-fs-*` flags (bundle read, scratch read and write). */
+  multiplePaths: boolean;
 }
 
 function run(file: string, args: string[], cwd: string): Promise<{ code: number; stdout: string }> {
@@ -138,6 +147,9 @@ try { fs.readFileSync(__dirname + '/own.txt'); out.own = 'read'; } catch (e) { o
 try { fs.readFileSync(process.argv[2]); out.outside = 'read'; } catch (e) { out.outside = e.code || 'error'; }
 try { require('child_process').spawnSync(process.execPath, ['-e', '0']); out.child = 'ran'; } catch (e) { out.child = e.code || 'error'; }
 try { fs.writeFileSync(__dirname + '/w.txt', 'x'); out.write = 'ok'; } catch (e) { out.write = e.code || 'error'; }
+if (process.argv[3]) {
+  try { fs.writeFileSync(process.argv[3] + '/s.txt', 'x'); out.scratch = fs.readFileSync(process.argv[3] + '/s.txt', 'utf8'); } catch (e) { out.scratch = e.code || 'error'; }
+}
 process.stdout.write(JSON.stringify(out));
 `;
 
@@ -159,7 +171,17 @@ async function probeNodeSandbox(): Promise<NodeSandbox | null> {
       try {
         const got = JSON.parse(r.stdout) as Record<string, string>;
         if (got.own === 'read' && got.outside === 'ERR_ACCESS_DENIED' && got.child === 'ERR_ACCESS_DENIED' && got.write === 'ERR_ACCESS_DENIED') {
-          return { permissionFlag: flag, warningFlag: warn };
+          const scratch = join(base, 'scratch');
+          await mkdir(scratch, { mode: 0o700 });
+          const m = await run(process.execPath, [flag, warn, `--allow-fs-read=${dir}`, `--allow-fs-read=${scratch}`, `--allow-fs-write=${scratch}`, join(dir, 'probe.js'), outside, scratch], dir);
+          let multiplePaths = false;
+          try {
+            const g = JSON.parse(m.stdout) as Record<string, string>;
+            multiplePaths = m.code === 0 && g.own === 'read' && g.outside === 'ERR_ACCESS_DENIED' && g.write === 'ERR_ACCESS_DENIED' && g.scratch === 'x';
+          } catch {
+            multiplePaths = false;
+          }
+          return { permissionFlag: flag, warningFlag: warn, multiplePaths };
         }
       } catch {
         // not this flag
@@ -185,7 +207,9 @@ function failure(kind: UdfFailureKind, message: string, extra: Partial<UdfRunFai
   return { ok: false, failure: kind, message, stderr: '', stderrTruncated: false, exitCode: null, signal: null, durationMs: 0, ...extra };
 }
 
-function buildEnv(opts: RunUdfOptions, manifest: BundleManifest, dir: string): Record<string, string> {
+type Placement = { kind: 'sandbox' } | { kind: 'host'; dir: string };
+
+function buildEnv(opts: RunUdfOptions, manifest: BundleManifest, where: Placement): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [name, value] of Object.entries(opts.extraEnv ?? {})) {
     if (!ENV_NAME_RE.test(name) || RUNNER_OWNED.has(name) || /^(NODE_|PYTHON|LD_|DYLD_)/.test(name)) {
@@ -200,10 +224,16 @@ function buildEnv(opts: RunUdfOptions, manifest: BundleManifest, dir: string): R
     if (typeof v === 'string') env[name] = v;
   }
   env.PATH = MINIMAL_PATH;
-  env.HOME = dir;
   env.TRACE_TASK_CAPABILITY_TOKEN = opts.capabilityToken;
-  if (opts.dispatcherUrl) env.TRACE_DISPATCHER_URL = opts.dispatcherUrl;
-  if (opts.queryUrl) env.TRACE_QUERY_URL = opts.queryUrl;
+  if (where.kind === 'sandbox') {
+    env.HOME = SANDBOX_PATHS.scratch;
+    env.TMPDIR = SANDBOX_PATHS.scratch;
+    env.TRACE_TASK_SOCKET = SANDBOX_PATHS.socket;
+  } else {
+    env.HOME = where.dir;
+    if (opts.dispatcherUrl) env.TRACE_DISPATCHER_URL = opts.dispatcherUrl;
+    if (opts.queryUrl) env.TRACE_QUERY_URL = opts.queryUrl;
+  }
   return env;
 }
 
@@ -265,6 +295,15 @@ async function loadBytes(bundle: string | Buffer, caps: BundleCaps): Promise<Buf
   return readFile(bundle);
 }
 
+function fenceOf(opts: RunUdfOptions): TaskFence | undefined {
+  if (opts.fence) return opts.fence;
+  const inv = opts.invocation;
+  if (typeof inv.task_id === 'string' && typeof inv.attempt === 'number' && typeof inv.lease_token === 'string') {
+    return { task_id: inv.task_id, attempt: inv.attempt, lease_token: inv.lease_token };
+  }
+  return undefined;
+}
+
 /** Runs one UDF bundle to completion. See the module comment for the exact contract. */
 export async function runUdf(opts: RunUdfOptions): Promise<UdfRunResult> {
   const caps = resolveCaps(opts.caps);
@@ -294,40 +333,107 @@ export async function runUdf(opts: RunUdfOptions): Promise<UdfRunResult> {
     });
   }
 
-  let sandbox: NodeSandbox | null = null;
+  const sandbox = opts.sandbox;
+  if (sandbox.state === 'unavailable') return failure('sandbox_unavailable', sandbox.refusal(manifest.runtime)!);
+  const refusal = sandbox.refusal(manifest.runtime);
+  if (refusal) return failure('spawn_failed', refusal);
+
+  let nodeSandbox: NodeSandbox | null = null;
   if (manifest.runtime === 'node') {
-    sandbox = await detectNodeSandbox();
-    if (!sandbox) return failure('spawn_failed', 'this Node.js has no working permission model; refusing to run node bundles unsandboxed');
+    nodeSandbox = await detectNodeSandbox();
+    if (!nodeSandbox) return failure('spawn_failed', 'this Node.js has no working permission model; refusing to run node bundles');
   }
 
-  let dir: string;
+  const runDir = await sandbox.createRun();
+  let channel: TaskChannel | undefined;
   try {
-    dir = (await extractBundle(bytes, manifest, opts.workRoot ?? tmpdir(), caps)).dir;
-  } catch (e) {
-    if (isTraceError(e) && e.code === 'BUNDLE_INVALID') return failure('invalid_bundle', e.message, e.problems ? { problems: e.problems } : {});
-    throw e;
-  }
-  try {
-    dir = await realpath(dir);
-    const env = buildEnv(opts, manifest, dir);
-    let file: string;
-    let args: string[];
-    if (manifest.runtime === 'node') {
-      file = process.execPath;
-      args = [sandbox!.permissionFlag, sandbox!.warningFlag, `--allow-fs-read=${dir}`, '--no-addons'];
-      if (opts.nodeMaxOldSpaceMb) args.push(`--max-old-space-size=${Math.floor(opts.nodeMaxOldSpaceMb)}`);
-      args.push(join(dir, manifest.entrypoint));
-    } else {
-      file = opts.pythonPath ?? 'python3';
-      args = ['-I', '-S', '-B', '-c', PYTHON_BOOTSTRAP, dir, manifest.entrypoint];
+    let bundleDir: string;
+    try {
+      bundleDir = (await extractBundle(bytes, manifest, runDir, caps)).dir;
+    } catch (e) {
+      if (isTraceError(e) && e.code === 'BUNDLE_INVALID') return failure('invalid_bundle', e.message, e.problems ? { problems: e.problems } : {});
+      throw e;
     }
-    return await execute(file, args, dir, env, opts);
+    bundleDir = await realpath(bundleDir);
+
+    if (sandbox.state === 'unsafe-none') {
+      const env = buildEnv(opts, manifest, { kind: 'host', dir: bundleDir });
+      let file: string;
+      let args: string[];
+      if (manifest.runtime === 'node') {
+        file = process.execPath;
+        args = [nodeSandbox!.permissionFlag, nodeSandbox!.warningFlag, `--allow-fs-read=${bundleDir}`, '--no-addons'];
+        if (opts.nodeMaxOldSpaceMb) args.push(`--max-old-space-size=${Math.floor(opts.nodeMaxOldSpaceMb)}`);
+        args.push(join(bundleDir, manifest.entrypoint));
+      } else {
+        file = sandbox.interpreter('python') ?? 'python3';
+        args = ['-I', '-S', '-B', '-c', PYTHON_BOOTSTRAP, bundleDir, manifest.entrypoint];
+      }
+      return await execute({ file, args, cwd: bundleDir, env, opts, sandboxed: false, runtime: manifest.runtime });
+    }
+
+    const socketPath = join(runDir, RUN_SOCKET);
+    const channelDir = dirname(socketPath);
+    await mkdir(channelDir, { mode: 0o700 });
+    await sandbox.handOver(runDir);
+    const fence = fenceOf(opts);
+    if (!fence) return failure('spawn_failed', 'the invocation names no task attempt (task_id, attempt, lease_token) for the task channel');
+    channel = await openTaskChannel({
+      socketPath,
+      ...(opts.dispatcherUrl ? { dispatcherUrl: opts.dispatcherUrl } : {}),
+      ...(opts.queryUrl ? { queryUrl: opts.queryUrl } : {}),
+      capabilityToken: opts.capabilityToken,
+      fence,
+      limits: sandbox.config.channel,
+      ...(sandbox.runOwner ? { owner: sandbox.runOwner } : {}),
+      log: opts.log ?? silentLogger,
+    });
+    const env = buildEnv(opts, manifest, { kind: 'sandbox' });
+    const entry = `${SANDBOX_PATHS.bundle}/${manifest.entrypoint}`;
+    let argv: string[];
+    if (manifest.runtime === 'node') {
+      const ns = nodeSandbox!;
+      argv = [ns.permissionFlag, ns.warningFlag, `--allow-fs-read=${SANDBOX_PATHS.bundle}`];
+      if (ns.multiplePaths) argv.push(`--allow-fs-read=${SANDBOX_PATHS.scratch}`, `--allow-fs-write=${SANDBOX_PATHS.scratch}`);
+      argv.push('--no-addons');
+      if (opts.nodeMaxOldSpaceMb) argv.push(`--max-old-space-size=${Math.floor(opts.nodeMaxOldSpaceMb)}`);
+      argv.push(entry);
+    } else {
+      argv = ['-I', '-S', '-B', '-c', PYTHON_BOOTSTRAP, SANDBOX_PATHS.bundle, manifest.entrypoint];
+    }
+    const cmd = sandbox.command({ runtime: manifest.runtime, bundleDir, channelDir, argv, timeoutMs: opts.timeoutMs });
+    return await execute({ file: cmd.file, args: cmd.args, cwd: runDir, env, opts, sandboxed: true, runtime: manifest.runtime });
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    await channel?.close();
+    await removeDir(runDir);
   }
 }
 
-async function execute(file: string, args: string[], dir: string, env: Record<string, string>, opts: RunUdfOptions): Promise<UdfRunResult> {
+interface ExecSpec {
+  file: string;
+  args: string[];
+  cwd: string;
+  env: Record<string, string>;
+  opts: RunUdfOptions;
+  /** Spawned through the sandbox: fd 3 carries bwrap's JSON status (child pid, exit code). */
+  sandboxed: boolean;
+  runtime: BundleRuntime;
+}
+
+const SIGNAL_NAMES = new Map<number, string>(Object.entries(osConstants.signals).map(([name, n]) => [n, name]));
+const OUT_OF_MEMORY = /MemoryError|heap out of memory|Array buffer allocation failed|Cannot allocate memory|std::bad_alloc|out of memory/i;
+
+function describeExit(code: number | null, signal: string | null, stderr: string, spec: ExecSpec): string {
+  const lim = spec.opts.sandbox.config.limits;
+  let msg = signal ? `the UDF was killed by ${signal}` : `the UDF exited with code ${code}`;
+  if (signal === 'SIGXCPU') msg += `: a process used more than its CPU time limit of ${lim.cpuSeconds ?? Math.max(1, Math.ceil(spec.opts.timeoutMs / 1000))} s`;
+  else if (signal === 'SIGXFSZ') msg += `: it wrote a file larger than the limit of ${lim.fileSizeMb} MiB`;
+  if (spec.sandboxed && OUT_OF_MEMORY.test(stderr)) msg += ` (it ran out of memory; the limit is ${lim.memoryMb} MiB per process)`;
+  return msg;
+}
+
+async function execute(spec: ExecSpec): Promise<UdfRunResult> {
+  const { opts } = spec;
   const secrets = secretsOf(opts);
   const margin = secrets.reduce((m, s) => Math.max(m, Buffer.byteLength(s)), 0);
   const errTail = new TailBuffer(opts.maxStderrBytes + margin);
@@ -335,9 +441,17 @@ async function execute(file: string, args: string[], dir: string, env: Record<st
   let outBytes = 0;
   let outTooLarge = false;
   let timedOut = false;
+  let sandboxPid: number | undefined;
+  let sandboxStart: string | undefined;
+  let statusText = '';
 
   const started = performance.now();
-  const child = spawn(file, args, { cwd: dir, env, detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(spec.file, spec.args, {
+    cwd: spec.cwd,
+    env: spec.env,
+    detached: true,
+    stdio: spec.sandboxed ? ['pipe', 'pipe', 'pipe', 'pipe'] : ['pipe', 'pipe', 'pipe'],
+  });
   const killGroup = () => {
     if (child.pid === undefined) return;
     try {
@@ -345,6 +459,27 @@ async function execute(file: string, args: string[], dir: string, env: Record<st
     } catch {
       // already gone
     }
+  };
+  let fallback: NodeJS.Timeout | undefined;
+  /**
+   * Ends the run. In the sandbox, killing the namespace's first process makes the kernel kill
+   * every process in the PID namespace (setsid or double-forked ones included); bwrap exits only
+   * after that, so the exit event below means the whole tree is gone.
+   */
+  const killRun = () => {
+    if (spec.sandboxed && sandboxPid !== undefined) {
+      // Only while it is still that process (same start time): a reaped pid may be reused.
+      if (child.exitCode === null && child.signalCode === null && processStartTime(sandboxPid) === sandboxStart) {
+        try {
+          process.kill(sandboxPid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      }
+      fallback ??= setTimeout(killGroup, 5_000);
+      return;
+    }
+    killGroup();
   };
   const spawned = new Promise<Error | null>((res) => {
     child.once('spawn', () => res(null));
@@ -359,6 +494,18 @@ async function execute(file: string, args: string[], dir: string, env: Record<st
   });
   const outClosed = closed(child.stdout);
   const errClosed = closed(child.stderr);
+  const status = spec.sandboxed ? (child.stdio[3] as NodeJS.ReadableStream | null) : null;
+  status?.on('data', (c: Buffer) => {
+    if (statusText.length > 4096) return;
+    statusText += c.toString('utf8');
+    const pid = /"child-pid"\s*:\s*(\d+)/.exec(statusText);
+    if (pid && sandboxPid === undefined) {
+      sandboxPid = Number(pid[1]);
+      sandboxStart = processStartTime(sandboxPid);
+      if (timedOut || outTooLarge || opts.signal?.aborted) killRun();
+    }
+  });
+  status?.on('error', () => undefined);
 
   child.stdout.on('data', (c: Buffer) => {
     if (outTooLarge) return;
@@ -366,7 +513,7 @@ async function execute(file: string, args: string[], dir: string, env: Record<st
     if (outBytes > opts.maxStdoutBytes) {
       outTooLarge = true;
       outChunks.length = 0;
-      killGroup();
+      killRun();
       return;
     }
     outChunks.push(c);
@@ -376,18 +523,23 @@ async function execute(file: string, args: string[], dir: string, env: Record<st
 
   const spawnError = await spawned;
   if (spawnError) {
-    return failure('spawn_failed', `could not start the ${file === process.execPath ? 'node' : 'python'} runtime (${(spawnError as NodeJS.ErrnoException).code ?? 'error'})`);
+    return failure('spawn_failed', `could not start the ${spec.runtime} runtime (${(spawnError as NodeJS.ErrnoException).code ?? 'error'})`);
   }
   const timer = setTimeout(() => {
     timedOut = true;
-    killGroup();
+    killRun();
   }, opts.timeoutMs);
+  const abort = () => killRun();
+  if (opts.signal?.aborted) abort();
+  opts.signal?.addEventListener('abort', abort, { once: true });
   child.stdin.end(JSON.stringify(opts.invocation));
 
-  const { code, signal } = await exited;
+  const { code, signal: hostSignal } = await exited;
   clearTimeout(timer);
+  opts.signal?.removeEventListener('abort', abort);
+  if (fallback) clearTimeout(fallback);
   const durationMs = Math.round(performance.now() - started);
-  // Anything the UDF left running in its group dies with it.
+  // Anything left in the group dies with it (unsafe-none: the UDF's own process group).
   killGroup();
   // Grandchildren that escaped the group could hold the pipes open: wait briefly, then cut.
   const drained = await Promise.race([Promise.all([outClosed, errClosed]).then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 2000))]);
@@ -395,14 +547,21 @@ async function execute(file: string, args: string[], dir: string, env: Record<st
     child.stdout.destroy();
     child.stderr.destroy();
   }
+  status?.removeAllListeners('data');
 
-  const common = { ...finishStderr(errTail, opts.maxStderrBytes, secrets), durationMs, exitCode: code, signal: signal ?? null };
-  if (timedOut) return { ok: false, failure: 'timeout', message: `the UDF did not finish within ${opts.timeoutMs} ms`, ...common };
+  // bwrap reports a signalled child as 128 + the signal number.
+  let signal: string | null = hostSignal ?? null;
+  if (spec.sandboxed && signal === null && code !== null && code > 128 && SIGNAL_NAMES.has(code - 128)) signal = SIGNAL_NAMES.get(code - 128)!;
+  const tail = finishStderr(errTail, opts.maxStderrBytes, secrets);
+  const common = { ...tail, durationMs, exitCode: code, signal };
+  if (timedOut) return { ok: false, failure: 'timeout', message: `the UDF did not finish within ${opts.timeoutMs} ms; all its processes were killed`, ...common };
   if (outTooLarge) return { ok: false, failure: 'bad_output', message: `stdout exceeded ${opts.maxStdoutBytes} bytes`, ...common };
-  if (code !== 0) {
-    const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
-    return { ok: false, failure: 'exit_nonzero', message: `the UDF ${how}`, ...common };
+  // The sandbox itself failed to set up (bwrap, setpriv or prlimit speak first, then exit 1).
+  const setup = /^(bwrap|setpriv|prlimit|unshare|mount): .*/.exec(tail.stderr.trimStart());
+  if (spec.sandboxed && code !== 0 && (sandboxPid === undefined || (code === 1 && setup))) {
+    return { ok: false, failure: 'spawn_failed', message: `the sandbox could not start (${(setup?.[0] ?? 'no message').slice(0, 300)})`, ...common };
   }
+  if (code !== 0) return { ok: false, failure: 'exit_nonzero', message: describeExit(code, signal, tail.stderr, spec), ...common };
   const text = Buffer.concat(outChunks).toString('utf8').trim();
   let output: unknown;
   try {

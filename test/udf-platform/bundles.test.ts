@@ -24,6 +24,20 @@ for (const backend of BACKENDS) {
     const bundleRows = async () => (await p.dbs.state.query<{ id: string; status: string; reject_reason: string | null }>(`SELECT id, status, reject_reason FROM udf_bundles`)).rows;
     const storedBundles = async () => (await p.store.list('udf/bundles')).length;
 
+    it('an open call without a runtime is refused naming the field, and creates nothing', async () => {
+      const before = (await bundleRows()).length;
+      for (const body of [{}, { name: 'x' }, { runtime: 'ruby' }]) {
+        const r = await p.api('POST', '/v1/udf/bundles', body);
+        assert.equal(r.status, 400, JSON.stringify(r.body));
+        assert.equal(r.body.code, 'INVALID_REQUEST');
+        assert.match(r.body.error, /runtime/);
+        assert.equal(r.body.problems[0].path, 'runtime');
+      }
+      const none = await p.api('POST', '/v1/udf/bundles');
+      assert.equal(none.status, 400, 'no body at all is refused too');
+      assert.equal((await bundleRows()).length, before, 'no bundle row was created');
+    });
+
     it('opens an upload, finalizes it with hash, runtime and entrypoint, and stays immutable', async () => {
       const zip = await goodBundle([INDEX, { name: 'lib/helper.mjs', data: 'export const x = 1;\n' }], { runtime: 'node', entrypoint: 'index.mjs' });
       const open = await p.api('POST', '/v1/udf/bundles', { name: 'noop', runtime: 'node' });
@@ -118,7 +132,7 @@ for (const backend of BACKENDS) {
 
     it('refuses a declared hash that does not match the uploaded bytes', async () => {
       const zip = await goodBundle([INDEX]);
-      const open = await p.api('POST', '/v1/udf/bundles', {});
+      const open = await p.api('POST', '/v1/udf/bundles', { runtime: 'node' });
       await fetch(open.body.upload.url, { method: 'PUT', body: zip });
       const fin = await p.api('POST', `/v1/udf/bundles/${open.body.bundle_id}/finalize`, { sha256: sha(Buffer.from('other')) });
       assert.equal(fin.status, 422);
@@ -126,7 +140,7 @@ for (const backend of BACKENDS) {
     });
 
     it('caps the upload: an oversize body is refused by the upload route and nothing is stored', async () => {
-      const open = await p.api('POST', '/v1/udf/bundles', {});
+      const open = await p.api('POST', '/v1/udf/bundles', { runtime: 'node' });
       const url = new URL(open.body.upload.url);
       // The signed cap cannot be raised: editing max_bytes breaks the signature.
       url.searchParams.set('max_bytes', String(10 ** 12));

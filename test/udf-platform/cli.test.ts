@@ -89,7 +89,11 @@ describe('trace udf upload / trace sink dlq (postgres)', () => {
       const line = await udf({}, [zipPath]);
       assert.match(line.out, /^bundle [0-9a-f-]{36} \(node, entrypoint index\.mjs, 3 files/);
       await writeFile(zipPath, 'not a zip');
-      const bad = await udf({}, [zipPath]);
+      // Without flags the CLI reads runtime and entrypoint from the zip's manifest, and says when it cannot.
+      const unreadable = await udf({}, [zipPath]);
+      assert.equal(JSON.parse(unreadable.err).name, 'UsageError');
+      assert.match(JSON.parse(unreadable.err).message, /no readable bundle_manifest\.json; pass --runtime and --entrypoint/);
+      const bad = await udf({ runtime: 'node', entrypoint: 'index.mjs' }, [zipPath]);
       assert.equal(bad.code, 1);
       const e = JSON.parse(bad.err);
       assert.equal(e.name, 'ApiError');

@@ -20,13 +20,15 @@ const CANARY = `canary-${randomUUID()}`;
 
 const ENV_NODE = `
 import { readFileSync, readdirSync } from 'node:fs';
+import { request } from 'node:http';
 const tryRead = (f) => { try { return readFileSync(f, 'utf8').slice(0, 4000); } catch (e) { return 'ERR:' + (e.code || 'error'); } };
 const tryList = (d) => { try { return readdirSync(d).join(','); } catch (e) { return 'ERR:' + (e.code || 'error'); } };
-let claim;
-try {
-  const r = await fetch(process.env.TRACE_DISPATCHER_URL + '/internal/task-claim', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ task_id: '${randomUUID()}', worker_id: 'x' }) });
-  claim = r.status;
-} catch (e) { claim = 'ERR'; }
+// The only way out is the task channel socket: a worker-only route is not forwarded.
+const claim = await new Promise((resolve) => {
+  const req = request({ socketPath: process.env.TRACE_TASK_SOCKET, path: '/internal/task-claim', method: 'POST', headers: { 'content-type': 'application/json' } }, (res) => { res.resume(); resolve(res.statusCode); });
+  req.on('error', () => resolve('ERR'));
+  req.end(JSON.stringify({ task_id: '${randomUUID()}', worker_id: 'x' }));
+});
 const out = {
   env: process.env,
   parent_environ: tryRead('/proc/' + process.ppid + '/environ'),
@@ -95,16 +97,16 @@ for (const backend of BACKENDS) {
       return r.bundle_id;
     };
 
-    it('a Node bundle reading the environment finds only its own four variables; the parent and files are out of reach', async () => {
+    it('a Node bundle reading the environment finds only its own variables; the parent, files and worker routes are out of reach', async () => {
       const id = await bundle([{ name: 'index.mjs', data: ENV_NODE }]);
       const t = await runJob('hostile_env_node', job('snoop', id, 'index.mjs'), 'snoop');
       assert.equal(t.status, 'Completed', t.error_message ?? '');
       const out = (t.outputs as Array<Record<string, any>>)[0]!;
-      assert.deepEqual(Object.keys(out.env).sort(), ['HOME', 'PATH', 'TRACE_DISPATCHER_URL', 'TRACE_QUERY_URL', 'TRACE_TASK_CAPABILITY_TOKEN']);
+      assert.deepEqual(Object.keys(out.env).sort(), ['HOME', 'PATH', 'PWD', 'TMPDIR', 'TRACE_TASK_CAPABILITY_TOKEN', 'TRACE_TASK_SOCKET']);
       assert.match(out.parent_environ, /^ERR:/, 'the parent process environment is not readable');
       assert.match(out.passwd, /^ERR:/);
       assert.match(out.tmp, /^ERR:/);
-      assert.equal(out.claim, 401, 'no worker token: /internal/* is closed');
+      assert.equal(out.claim, 404, 'the task channel does not forward /internal/*');
       const text = JSON.stringify(t.outputs);
       for (const secret of [CANARY, TEST_SECRETS.worker, TEST_SECRETS.capability, TEST_SECRETS.user, p.dbs.stateUrl, p.dbs.dataUrl]) {
         if (secret.length > 10) assert.ok(!text.includes(secret), 'no platform secret reached the UDF');
@@ -116,7 +118,7 @@ for (const backend of BACKENDS) {
       const t = await runJob('hostile_env_py', job('snoop', id, 'main.py'), 'snoop');
       assert.equal(t.status, 'Completed', t.error_message ?? '');
       const env = (t.outputs as Array<{ env: Record<string, string> }>)[0]!.env;
-      assert.deepEqual(Object.keys(env).filter((k) => k !== 'LC_CTYPE').sort(), ['HOME', 'PATH', 'TRACE_DISPATCHER_URL', 'TRACE_QUERY_URL', 'TRACE_TASK_CAPABILITY_TOKEN']);
+      assert.deepEqual(Object.keys(env).filter((k) => k !== 'LC_CTYPE').sort(), ['HOME', 'PATH', 'PWD', 'TMPDIR', 'TRACE_TASK_CAPABILITY_TOKEN', 'TRACE_TASK_SOCKET']);
       assert.ok(!JSON.stringify(env).includes(CANARY));
     });
 

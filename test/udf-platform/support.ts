@@ -16,6 +16,7 @@ import { freshDbs, type TestDbs } from '../support/db.js';
 import { TEST_SECRETS, testDispatcherDeps } from '../support/dispatcher.js';
 import { waitFor } from '../support/platform.js';
 import { writeParquet } from '../query/support.js';
+import { inspectBundle } from '../../src/udf/bundle.js';
 import { PgQueue } from '../../src/queue/pgqueue.js';
 import { createCapabilityIssuer, type CapabilityIssuer } from '../../src/auth/capability.js';
 import { mintDevUserToken } from '../../src/auth/user.js';
@@ -30,6 +31,7 @@ import { listen } from '../../src/core/http.js';
 import { unauthorized } from '../../src/core/errors.js';
 import { newId } from '../../src/core/ids.js';
 import { FileObjectStore } from '../../src/objectstore/file.js';
+import { dispatcherLeaseCheck } from '../../src/query/lease.js';
 import { buildQueryApp } from '../../src/query/service.js';
 import { startWorker, type WorkerHandle } from '../../src/worker/worker.js';
 import { TaskClient } from '../../src/worker/task-client.js';
@@ -41,6 +43,9 @@ import { udfOperator } from '../../src/operators/udf/index.js';
 import { startSink, type SinkHandle, type SinkOptions } from '../../src/sink/sink.js';
 import { httpDatasetEvents } from '../../src/sink/events.js';
 import { startDelivery, type DeliveryHandle, type DeliveryOptions } from '../../src/delivery/service/service.js';
+import type { SandboxConfig } from '../../src/udf/sandbox/config.js';
+import type { UdfSandbox } from '../../src/udf/sandbox/sandbox.js';
+import { startTestSandbox } from '../udf/support/sandbox.js';
 
 export const UPLOAD_SECRET = 'upload-secret-'.padEnd(48, 'x');
 
@@ -53,6 +58,8 @@ export interface PlatformOptions {
   delivery?: boolean | Partial<DeliveryOptions>;
   query?: boolean;
   executor?: Partial<UdfExecutorOptions>;
+  /** Settings of the UDF sandbox every local run goes through (default: bubblewrap). */
+  sandbox?: Partial<SandboxConfig>;
   log?: Logger;
 }
 
@@ -64,6 +71,7 @@ export interface UdfPlatform {
   dispatcher: Dispatcher;
   issuer: CapabilityIssuer;
   executor: UdfExecutor;
+  sandbox: UdfSandbox;
   orgId: string;
   url: string;
   queryUrl: string;
@@ -100,7 +108,9 @@ export async function buildUdfPlatform(backend: 'postgres' | 'pglite', opts: Pla
   const registry = platformRegistry(dbs.data);
   const self: { url?: string; queryUrl?: string } = {};
   const inproc = new InProcessExecutor({ dispatcherUrl: () => self.url, registry, log });
+  const sandbox = await startTestSandbox(opts.sandbox ?? {}, log);
   const executor = new UdfExecutor({
+    sandbox,
     state: dbs.state,
     store,
     dispatcherUrl: () => self.url,
@@ -109,7 +119,6 @@ export async function buildUdfPlatform(backend: 'postgres' | 'pglite', opts: Pla
     context: alertEvaluateContext(dbs.data),
     log,
     heartbeatMs: 300,
-    local: { pythonPath: '/usr/bin/python3' },
     ...opts.executor,
   });
   const plugins: DispatcherPlugin[] = [
@@ -136,15 +145,17 @@ export async function buildUdfPlatform(backend: 'postgres' | 'pglite', opts: Pla
     queryApp = buildQueryApp({
       dataDb: dbs.data,
       verifyTaskToken: (t) => verifier.verify(t),
+      checkTaskLease: dispatcherLeaseCheck({ dispatcherUrl: () => self.url! }),
       authenticateUser: () => { throw unauthorized(); },
       resolveDataset: () => null,
       logger: log,
+      config: { maxConcurrent: 2 },
     });
     self.queryUrl = await listen(queryApp, '127.0.0.1', 0);
   }
 
   const p: UdfPlatform = {
-    dbs, home, store, queue, dispatcher, issuer, executor, orgId: org_id, url: self.url, queryUrl: self.queryUrl ?? '',
+    dbs, home, store, queue, dispatcher, issuer, executor, sandbox, orgId: org_id, url: self.url, queryUrl: self.queryUrl ?? '',
     adminToken: await mintDevUserToken(TEST_SECRETS.user, 'admin'),
     async api(method, path, body, token) {
       const headers: Record<string, string> = { authorization: `Bearer ${token ?? p.adminToken}` };
@@ -167,6 +178,7 @@ export async function buildUdfPlatform(backend: 'postgres' | 'pglite', opts: Pla
       await queryApp?.close();
       await queue.close();
       await dbs.close();
+      await sandbox.dispose();
       await rm(home, { recursive: true, force: true });
     },
   };
@@ -233,7 +245,9 @@ export async function waitTask(p: UdfPlatform, id: string, statuses: string[] = 
 
 /** Opens, uploads and finalizes a bundle through the HTTP routes; returns the finalize answer. */
 export async function uploadBundle(p: UdfPlatform, zip: Buffer, declared: Record<string, unknown> = {}): Promise<{ status: number; body: any; bundle_id: string }> {
-  const open = await p.api('POST', '/v1/udf/bundles', declared);
+  // The open call must name the runtime: take the zip's own (node for zips that have none).
+  const runtime = declared.runtime ?? (await inspectBundle(zip).then((b) => b.manifest.runtime, () => 'node'));
+  const open = await p.api('POST', '/v1/udf/bundles', { ...declared, runtime });
   if (open.status !== 201) throw new Error(`open failed: ${JSON.stringify(open.body)}`);
   const put = await fetch(open.body.upload.url, { method: 'PUT', body: zip, headers: open.body.upload.headers });
   if (put.status !== 200) throw new Error(`upload failed: ${put.status} ${await put.text()}`);

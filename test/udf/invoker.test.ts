@@ -1,14 +1,15 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { InvokeCommand, type InvokeCommandOutput } from '@aws-sdk/client-lambda';
 import type { LambdaInvocationPayload } from '../../src/udf/invocation.js';
 import { AwsLambdaInvoker, completionFromResult, LocalProcessInvoker, type InvokeResult, type LoadedBundle } from '../../src/udf/invoker.js';
+import type { UdfSandbox } from '../../src/udf/sandbox/sandbox.js';
 import { goodBundle, sha256, type BundleEntry, type ManifestOpts } from './support/zips.js';
+import { runDirs, startTestSandbox } from './support/sandbox.js';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 const NODE_SDK = readFileSync(join(ROOT, 'sdk/node/trace-udf.mjs'), 'utf8');
@@ -30,7 +31,8 @@ let baseUrl: string;
 let seen: Seen[] = [];
 /** Per-path canned answers; default 200 with an echo. */
 let answers: Record<string, { status: number; body: unknown }> = {};
-let work: string;
+let boxed: UdfSandbox & { dispose(): Promise<void> };
+let unsafe: UdfSandbox & { dispose(): Promise<void> };
 
 function readBody(req: IncomingMessage): Promise<string> {
   return new Promise((res) => {
@@ -41,8 +43,8 @@ function readBody(req: IncomingMessage): Promise<string> {
 }
 
 before(async () => {
-  work = mkdtempSync(join(tmpdir(), 'trace-udf-invoker-test-'));
-  mkdirSync(join(work, 'runs'));
+  boxed = await startTestSandbox();
+  unsafe = await startTestSandbox({ mode: 'unsafe-none' });
   server = createServer(async (req, res) => {
     const body = JSON.parse((await readBody(req)) || '{}') as Record<string, unknown>;
     const path = req.url ?? '';
@@ -57,7 +59,8 @@ before(async () => {
 });
 after(async () => {
   await new Promise<void>((r) => server.close(() => r()));
-  rmSync(work, { recursive: true, force: true });
+  await boxed?.dispose();
+  await unsafe?.dispose();
 });
 
 function payload(over: Partial<LambdaInvocationPayload> & { udf?: LambdaInvocationPayload['udf'] } = {}): LambdaInvocationPayload {
@@ -81,13 +84,13 @@ async function invokerFor(files: BundleEntry[], opts: ManifestOpts = {}, extra: 
   const loaded: LoadedBundle = { bytes, sha256: sha256(bytes) };
   const calls: string[] = [];
   const inv = new LocalProcessInvoker({
+    sandbox: boxed,
     loadBundle: async (id) => {
       calls.push(id);
       return loaded;
     },
     dispatcherUrl: baseUrl,
     queryUrl: `${baseUrl}/`,
-    workRoot: join(work, 'runs'),
     timeoutMs: 20_000,
     ...extra,
   });
@@ -142,7 +145,7 @@ function checkCalls(): void {
   const paths = seen.map((s) => s.path);
   assert.deepEqual(paths, ['/v1/task/query', '/v1/task/events', '/v1/task/buffer-publish', '/v1/task/heartbeat']);
   for (const s of seen) assert.equal(s.capability, TOKEN, `${s.path} must carry the capability token`);
-  assert.deepEqual(seen[0]!.body, { task_id: TASK, attempt: 2, sql: 'SELECT count(*) AS n FROM dataset', dataset_id: DATASET, limit: 10 });
+  assert.deepEqual(seen[0]!.body, { task_id: TASK, attempt: 2, lease_token: LEASE, sql: 'SELECT count(*) AS n FROM dataset', dataset_id: DATASET, limit: 10 });
   for (const s of seen.slice(1)) {
     assert.equal(s.body.task_id, TASK);
     assert.equal(s.body.attempt, 2);
@@ -153,14 +156,14 @@ function checkCalls(): void {
 }
 
 describe('LocalProcessInvoker with the SDKs against real HTTP endpoints', () => {
-  for (const lang of ['node', 'python'] as const) {
-    it(`${lang}: query, emit, publish_buffer and heartbeat through the task-scoped endpoints`, async () => {
+  for (const [lang, mode] of [['node', 'bubblewrap'], ['python', 'bubblewrap'], ['node', 'unsafe-none'], ['python', 'unsafe-none']] as const) {
+    it(`${lang} (${mode}): query, emit, publish_buffer and heartbeat through the task-scoped endpoints (${mode === 'bubblewrap' ? 'over the task channel socket' : 'over the URLs, as on Lambda'})`, async () => {
       seen = [];
       answers = { '/v1/task/heartbeat': { status: 403, body: { error: 'stale lease', code: 'STALE_LEASE' } } };
       const files = lang === 'node'
         ? [{ name: 'index.mjs', data: NODE_UDF }, { name: 'trace-udf.mjs', data: NODE_SDK }]
         : [{ name: 'main.py', data: PY_UDF }, { name: 'trace_udf.py', data: PY_SDK }];
-      const { inv, calls } = await invokerFor(files, { runtime: lang });
+      const { inv, calls } = await invokerFor(files, { runtime: lang }, mode === 'unsafe-none' ? { sandbox: unsafe } : {});
       const entry = files[0]!.name;
       const r = succeeded(await inv.invoke(payload({ bundle_url: 'https://bundles.example/b.zip', udf: { bundle_id: 'bundle-1', entrypoint: entry } })));
       assert.deepEqual(calls, ['bundle-1']);
@@ -171,7 +174,7 @@ describe('LocalProcessInvoker with the SDKs against real HTTP endpoints', () => 
       assert.deepEqual(r.output.heartbeat, { status: 403, code: 'STALE_LEASE', message: '/v1/task/heartbeat: stale lease' });
       assert.match(r.stderr, /this goes to stderr/);
       assert.deepEqual(completionFromResult(r), { status: 'Completed', events: [{ dataset_uuid: DATASET, dataset_version: DATASET, cursor: 12 }] });
-      assert.deepEqual(readdirSync(join(work, 'runs')), []);
+      assert.deepEqual(runDirs(mode === 'unsafe-none' ? unsafe : boxed), []);
     });
   }
 
@@ -204,7 +207,7 @@ describe('LocalProcessInvoker with the SDKs against real HTTP endpoints', () => 
   });
 
   it('reports an unloadable bundle as retryable, a pin mismatch and a wrong entrypoint as permanent', async () => {
-    const failing = new LocalProcessInvoker({ loadBundle: async () => { throw new Error('object store down'); }, dispatcherUrl: baseUrl, queryUrl: baseUrl });
+    const failing = new LocalProcessInvoker({ sandbox: boxed, loadBundle: async () => { throw new Error('object store down'); }, dispatcherUrl: baseUrl, queryUrl: baseUrl });
     failedWith(await failing.invoke(payload()), 'bundle_unavailable', true);
     const { inv, sha } = await invokerFor([{ name: 'index.mjs', data: 'process.stdout.write("{}")' }]);
     failedWith(await inv.invoke(payload({ udf: { bundle_id: 'b', entrypoint: 'index.mjs', sha256: 'f'.repeat(64) } })), 'hash_mismatch', false);

@@ -2,26 +2,12 @@
 //
 // For each alert definition handed in by the platform (`alert_definitions`), reads the rows whose
 // `value` reaches the definition's `condition.min_value` through the Query Service, writes one
-// alert event per row as a JSONL batch into this attempt's buffer prefix (a signed upload URL from
-// /v1/task/credentials), and publishes the batch pointer with /v1/task/buffer-publish.
+// alert event per row as a JSONL batch into this attempt's buffer prefix (`upload`: a signed
+// upload from /v1/task/credentials), and publishes the batch pointer with /v1/task/buffer-publish.
 //
 // Idempotency: dedupe_key = "<definition id>:<tx_hash>", derived from the data only, so retries
 // and re-runs of the same input produce the same keys and the sink writes each event once.
-import { publishBuffer, query } from './trace-udf.mjs';
-
-const CAPABILITY_HEADER = 'X-Trace-Task-Capability';
-
-/** A signed upload URL (and the object URI to publish) inside this attempt's buffer prefix. */
-async function uploadTarget(inv, name) {
-  const res = await fetch(`${process.env.TRACE_DISPATCHER_URL}/v1/task/credentials`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', [CAPABILITY_HEADER]: inv.capability_token },
-    body: JSON.stringify({ task_id: inv.task_id, attempt: inv.attempt, lease_token: inv.lease_token, uploads: [{ name }] }),
-    signal: AbortSignal.timeout(30_000),
-  });
-  if (!res.ok) throw new Error(`/v1/task/credentials answered ${res.status}`);
-  return (await res.json()).uploads[0];
-}
+import { publishBuffer, query, upload } from './trace-udf.mjs';
 
 export async function evaluate(inv) {
   const input = inv.inputs[0];
@@ -46,10 +32,8 @@ export async function evaluate(inv) {
   }
   if (events.length === 0) return { outputs: [{ alerts: 0 }] };
   const body = `${events.map((e) => JSON.stringify(e)).join('\n')}\n`;
-  const target = await uploadTarget(inv, 'alerts.jsonl');
-  const put = await fetch(target.url, { method: target.method, headers: target.headers, body, signal: AbortSignal.timeout(30_000) });
-  if (!put.ok) throw new Error(`batch upload answered ${put.status}`);
-  await publishBuffer({ batch_uri: target.uri, batch_size_bytes: Buffer.byteLength(body), dedupe_scope: 'alert_events' });
+  const batch = await upload('alerts.jsonl', body);
+  await publishBuffer({ batch_uri: batch.uri, batch_size_bytes: batch.bytes, dedupe_scope: 'alert_events' });
   console.log(`published ${events.length} alert events`); // stderr (run() redirects console.log)
   return { outputs: [{ alerts: events.length }] };
 }

@@ -2,37 +2,13 @@
 
 Same contract as the Node example: one alert event per row whose `value` reaches the
 definition's `condition.min_value`, written as a JSONL batch into this attempt's buffer prefix
-through a signed upload URL, then published with /v1/task/buffer-publish. dedupe_key is
-"<definition id>:<tx_hash>" (data only), so retries never duplicate events.
+with trace_udf.upload (a signed upload), then published with /v1/task/buffer-publish. dedupe_key
+is "<definition id>:<tx_hash>" (data only), so retries never duplicate events.
 """
 
 import json
-import os
-import urllib.request
 
 import trace_udf
-
-CAPABILITY_HEADER = "X-Trace-Task-Capability"
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def upload_target(inv, name):
-    body = {"task_id": inv["task_id"], "attempt": inv["attempt"], "lease_token": inv["lease_token"], "uploads": [{"name": name}]}
-    req = urllib.request.Request(
-        os.environ["TRACE_DISPATCHER_URL"] + "/v1/task/credentials",
-        data=json.dumps(body).encode("utf-8"),
-        method="POST",
-        headers={"content-type": "application/json", CAPABILITY_HEADER: inv["capability_token"]},
-    )
-    with _opener.open(req, timeout=30) as res:
-        return json.loads(res.read().decode("utf-8"))["uploads"][0]
-
-
-def put(target, data):
-    req = urllib.request.Request(target["url"], data=data, method="PUT", headers=target.get("headers") or {})
-    with _opener.open(req, timeout=30) as res:
-        if res.status != 200:
-            raise RuntimeError("batch upload answered %d" % res.status)
 
 
 def evaluate(inv):
@@ -59,8 +35,7 @@ def evaluate(inv):
     if not events:
         return {"outputs": [{"alerts": 0}]}
     data = ("\n".join(json.dumps(e, separators=(",", ":")) for e in events) + "\n").encode("utf-8")
-    target = upload_target(inv, "alerts.jsonl")
-    put(target, data)
-    trace_udf.publish_buffer(target["uri"], len(data), "alert_events")
+    batch = trace_udf.upload("alerts.jsonl", data)
+    trace_udf.publish_buffer(batch["uri"], batch["bytes"], "alert_events")
     print("published %d alert events" % len(events))  # stderr while run() is active
     return {"outputs": [{"alerts": len(events)}]}

@@ -13,11 +13,16 @@ const entrypoint = z.string().min(1).max(512).refine(
   'must be a relative path inside the bundle',
 );
 
+/**
+ * Opening an upload says what is coming: the runtime picks the runner at upload time (udf.md
+ * "Runner selection"), so it is required; the entrypoint may come from the zip's manifest.
+ * An empty declaration creates nothing.
+ */
 const openBody = z.strictObject({
   name: z.string().min(1).max(200).optional(),
-  runtime: z.enum(['node', 'python']).optional(),
+  runtime: z.enum(['node', 'python'], { error: (iss) => (iss.input === undefined ? 'is required (node or python)' : 'must be node or python') }),
   entrypoint: entrypoint.optional(),
-}).default({});
+});
 
 const finalizeBody = z.strictObject({
   sha256: z.string().regex(SHA256_HEX_RE, 'must be 64 lowercase hex characters').optional(),
@@ -39,7 +44,7 @@ export function bundleRoutes(app: FastifyInstance, ctx: DispatcherContext, setti
       org_id: p.org_id,
       user_id: p.user_id,
       ...(body.name ? { name: body.name } : {}),
-      ...(body.runtime ? { runtime: body.runtime } : {}),
+      runtime: body.runtime,
       ...(body.entrypoint ? { entrypoint: body.entrypoint } : {}),
     });
     req.log.info({ org_id: p.org_id, bundle_id: r.bundle.bundle_id }, 'udf bundle upload opened');

@@ -9,7 +9,9 @@
  *   a batch): records the event once in `dataset_events` and, when new, writes a `route_event`
  *   outbox row, exactly as task events are routed. The event is a partition event over the
  *   sink's commit range `[start, end)` (alert_events `seq` values), on the dataset's current
- *   version. Re-reporting the same range is a no-op.
+ *   version. Re-reporting the same range is a no-op. The report carries the storage ref of the
+ *   sink's Parquet copy of the dataset (`src/sink/snapshot.ts`); it becomes the version's ref, so
+ *   `POST /v1/query` reads every committed batch.
  */
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
@@ -22,6 +24,7 @@ import { checkWorkerToken } from '../../auth/worker-token.js';
 import type { DispatcherContext } from '../service.js';
 import { datasetNameParam, uuid } from '../http/schemas.js';
 import { eventKey, type DatasetEvent } from '../tasks/types.js';
+import { parseRefFor } from '../publication.js';
 
 /** Buffered datasets this build's sink can write. */
 export const BUFFERED_DATASETS: readonly string[] = ['alert_events'];
@@ -34,6 +37,8 @@ INSERT INTO datasets (id, org_id, name, kind, storage, read_roles) VALUES ($1, $
 ON CONFLICT DO NOTHING`;
 const INSERT_VERSION = `INSERT INTO dataset_versions (id, dataset_uuid, config_hash) VALUES ($1, $2, 'buffered:v1') ON CONFLICT DO NOTHING`;
 const SET_CURRENT = `UPDATE datasets SET current_version = $2, updated_at = now() WHERE id = $1 AND current_version IS NULL`;
+const ATTACH_REF = `
+UPDATE dataset_versions SET storage_ref = $2::jsonb, storage_location = $3 WHERE id = $1 AND storage_ref IS DISTINCT FROM $2::jsonb`;
 
 /** Registers the buffered datasets of an org (idempotent). Names taken by another kind are skipped and reported. */
 export async function ensureBufferedDatasets(db: Db, orgId: string, names: readonly string[] = BUFFERED_DATASETS, log?: Logger): Promise<string[]> {
@@ -64,6 +69,7 @@ const datasetEventBody = z.strictObject({
   producer_task_id: uuid.optional(),
   start: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
   end: z.number().int().positive().max(Number.MAX_SAFE_INTEGER),
+  storage_ref: z.record(z.string(), z.unknown()).optional(),
 }).refine((b) => b.end > b.start, { message: 'end must be greater than start', path: ['end'] });
 
 export type DatasetEventReport = z.infer<typeof datasetEventBody>;
@@ -86,6 +92,11 @@ export async function recordBufferedEvent(q: Queryable, r: DatasetEventReport): 
   const ds = (await q.query<{ id: string; kind: string; current_version: string | null }>(FIND, [r.org_id, r.dataset])).rows[0];
   if (!ds || ds.kind !== 'buffered') throw notFound(`no buffered dataset named ${r.dataset}`, 'DATASET_NOT_FOUND');
   if (!ds.current_version) throw new TraceError(409, 'DATASET_NO_VERSION', `buffered dataset ${r.dataset} has no current version`);
+  if (r.storage_ref !== undefined) {
+    // The sink's Parquet copy of the dataset: the version's storage ref (the same ref again is a no-op).
+    const ref = parseRefFor('storage_ref', r.storage_ref);
+    await q.query(ATTACH_REF, [ds.current_version, JSON.stringify(r.storage_ref), ref.prefix]);
+  }
   const event: DatasetEvent = { dataset_uuid: ds.id, dataset_version: ds.current_version, partition_key: `${r.start}-${r.end}`, start: r.start, end: r.end };
   const res = await q.query<{ accepted: number; routed: number }>(RECORD, [r.org_id, ds.id, eventKey(event), JSON.stringify(event), r.publish_id, r.producer_task_id ?? null]);
   const row = res.rows[0] ?? { accepted: 0, routed: 0 };

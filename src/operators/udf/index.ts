@@ -11,6 +11,9 @@ export const udfOperator: Operator = {
     runtimes: ['lambda'],
     udf: 'required',
     activations: ['reactive'],
+    executionStrategies: ['PerUpdate', 'PerPartition'],
+    // rows reach buffered datasets through the sink, which upserts on dedupe_key
+    writes: { append: ['dedupe_key'], replace: true },
     validateConfig: () => [],
   },
   async run() {
