@@ -5,8 +5,12 @@
  *    HTTP (auth, registry lookup, SQL gate, file listing, sandbox attach and lockdown, audit row)
  *    beside raw DuckDB running the same query on the same file from an already-open connection;
  * 2. a full aggregation over a multi-million-row dataset of several files, through the service
- *    and raw DuckDB with the same thread count as the sandbox.
- * Targets (issue "Query Service"): overhead p50 under 5 ms, aggregation under 1.2x raw.
+ *    and raw DuckDB with the same thread count as the sandbox;
+ * 3. a join of two datasets in one query (`{"datasets": {"blocks": ..., "logs": ...}}`), demo-like
+ *    blocks and logs in Cryo's columns and file naming, beside raw DuckDB on the same files.
+ * Targets: overhead p50 under 5 ms, aggregation and join under 1.2x raw.
+ * Knobs: BENCH_QUERY_RUNS (200), BENCH_QUERY_ROWS (5M), BENCH_QUERY_FILES (8), BENCH_QUERY_AGG_RUNS
+ * (9), BENCH_JOIN_BLOCKS (200k; ten logs per block), BENCH_JOIN_RUNS (9).
  */
 import http from 'node:http';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
@@ -19,7 +23,7 @@ import { createCapabilityVerifier } from '../src/auth/capability.js';
 import { createUserVerifier, mintDevUserToken } from '../src/auth/user.js';
 import { bootstrapDeployment } from '../src/dispatcher/identity.js';
 import { registerExternalDataset } from '../src/dispatcher/http/dataset-admin-routes.js';
-import { ENGINE_LIMITS } from '../src/query/engine.js';
+import { ENGINE_LIMITS } from '../src/query/executor/engine.js';
 import { parseStorageRef, resolveStorageFiles } from '../src/query/storage.js';
 import { startQueryService } from '../src/lite/query.js';
 import { freshDbs } from '../test/support/db.js';
@@ -32,6 +36,48 @@ const AGG_RUNS = Number(process.env.BENCH_QUERY_AGG_RUNS ?? 9);
 const SECRET = 'b'.repeat(48);
 const OVERHEAD_SQL = 'SELECT 1 AS x FROM dataset LIMIT 1';
 const AGG_SQL = 'SELECT k, count(*) AS n, sum(x) AS sx, avg(y) AS ay FROM dataset GROUP BY k ORDER BY k';
+const JOIN_BLOCKS = Number(process.env.BENCH_JOIN_BLOCKS ?? 200_000);
+const JOIN_RUNS = Number(process.env.BENCH_JOIN_RUNS ?? 9);
+const BLOCKS_PER_FILE = 10_000;
+/** ERC-20 Transfer. */
+const TRANSFER = 'ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef';
+const JOIN_SQL = `SELECT b.timestamp // 3600 AS hour, count(*) AS transfers, count(DISTINCT l.address) AS contracts, sum(b.gas_used) AS gas
+FROM logs l JOIN blocks b ON b.block_number = l.block_number
+WHERE l.topic0 = unhex('${TRANSFER}')
+GROUP BY 1 ORDER BY 1`;
+
+/** Demo-like blocks and logs (Cryo's columns and `{dataset}__{start}_to_{end}.parquet` names), ten logs per block. */
+async function writeChain(dir: string): Promise<{ blocks: string; logs: string }> {
+  const blocks = join(dir, 'blocks');
+  const logs = join(dir, 'logs');
+  await mkdir(blocks, { recursive: true });
+  await mkdir(logs, { recursive: true });
+  const inst = await DuckDBInstance.create(':memory:');
+  const c = await inst.connect();
+  try {
+    for (let lo = 0; lo < JOIN_BLOCKS; lo += BLOCKS_PER_FILE) {
+      const hi = Math.min(JOIN_BLOCKS, lo + BLOCKS_PER_FILE);
+      const range = `${String(lo).padStart(8, '0')}_to_${String(hi - 1).padStart(8, '0')}`;
+      await c.run(`COPY (SELECT range::UINTEGER AS block_number, unhex(sha256(range::VARCHAR)) AS block_hash,
+                          (1700000000 + range * 2)::UINTEGER AS timestamp, unhex(lpad(printf('%x', range % 50), 40, '0')) AS author,
+                          (range * 7919 % 30000000)::UBIGINT AS gas_used, ''::BLOB AS extra_data,
+                          (1000000000 + range % 997)::UBIGINT AS base_fee_per_gas, 1337::UBIGINT AS chain_id
+                        FROM range(${lo}, ${hi}))
+               TO '${join(blocks, `blocks__${range}.parquet`)}' (FORMAT parquet)`);
+      await c.run(`COPY (SELECT (n // 10)::UINTEGER AS block_number, (n % 10 // 2)::UINTEGER AS transaction_index, (n % 10)::UINTEGER AS log_index,
+                          unhex(sha256((n // 2)::VARCHAR)) AS transaction_hash, unhex(lpad(printf('%x', n % 200), 40, '0')) AS address,
+                          CASE WHEN n % 3 = 0 THEN unhex('${TRANSFER}') ELSE unhex(sha256((n % 20)::VARCHAR)) END AS topic0,
+                          unhex(lpad(printf('%x', n % 1000), 64, '0')) AS topic1, unhex(lpad(printf('%x', n % 1001), 64, '0')) AS topic2,
+                          NULL::BLOB AS topic3, unhex(lpad(printf('%x', n), 64, '0')) AS data, 32::UINTEGER AS n_data_bytes, 1337::UBIGINT AS chain_id
+                        FROM range(${lo * 10}, ${hi * 10}) t(n))
+               TO '${join(logs, `logs__${range}.parquet`)}' (FORMAT parquet)`);
+    }
+  } finally {
+    c.closeSync();
+    inst.closeSync();
+  }
+  return { blocks, logs };
+}
 
 const median = (xs: number[]) => percentile(xs, 50);
 const sqlList = (files: string[]) => `[${files.map((f) => `'${f.replace(/'/g, "''")}'`).join(', ')}]`;
@@ -64,15 +110,21 @@ export async function queryBench(): Promise<void> {
   const dbs = await freshDbs('postgres');
   try {
     const { small, big } = await writeData(dir);
+    const chain = await writeChain(dir);
     const { org_id } = await bootstrapDeployment(dbs.state, { adminSub: 'bench' });
-    await registerExternalDataset(dbs.state, org_id, 'bench_small', `${pathToFileURL(small).href}/`);
-    await registerExternalDataset(dbs.state, org_id, 'bench_big', `${pathToFileURL(big).href}/`);
+    await registerExternalDataset(dbs.state, org_id, 'bench_small', `${pathToFileURL(small).href}/`, undefined, { roots: [dir] });
+    await registerExternalDataset(dbs.state, org_id, 'bench_big', `${pathToFileURL(big).href}/`, undefined, { roots: [dir] });
+    await registerExternalDataset(dbs.state, org_id, 'bench_blocks', `${pathToFileURL(chain.blocks).href}/`, undefined, { roots: [dir] });
+    await registerExternalDataset(dbs.state, org_id, 'bench_logs', `${pathToFileURL(chain.logs).href}/`, undefined, { roots: [dir] });
     const svc = await startQueryService({
       state: dbs.state,
       data: dbs.data,
       orgId: org_id,
       userVerifier: createUserVerifier({ mode: 'dev', secret: SECRET }),
       capabilityVerifier: createCapabilityVerifier({ hs256: { current: { kid: 'bench', secret: SECRET } } }),
+      // User queries only: no task lease is ever asked about.
+      dispatcherUrl: 'http://127.0.0.1:9',
+      ...(process.env.BENCH_QUERY_NICE !== undefined ? { config: { executorNice: Number(process.env.BENCH_QUERY_NICE) } } : {}),
       host: '127.0.0.1',
       port: 0,
       log: silentLogger,
@@ -80,8 +132,8 @@ export async function queryBench(): Promise<void> {
     const token = await mintDevUserToken(SECRET, 'bench');
     // A plain keep-alive HTTP/1.1 client: the figure is the service's, not the client library's.
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-    const post = (dataset: string, sql: string): Promise<number> => new Promise((resolve, reject) => {
-      const body = JSON.stringify({ dataset, sql });
+    const post = (dataset: string | Record<string, string>, sql: string): Promise<number> => new Promise((resolve, reject) => {
+      const body = JSON.stringify(typeof dataset === 'string' ? { dataset, sql } : { datasets: dataset, sql });
       const t0 = performance.now();
       const req = http.request(`${svc.url}/v1/query`, {
         method: 'POST',
@@ -151,6 +203,24 @@ export async function queryBench(): Promise<void> {
       report({ ...aggCommon, system: 'trace', metric: 'aggregation_median', value: round(median(svcAgg)), unit: 'ms' });
       report({ ...aggCommon, system: 'duckdb', metric: 'aggregation_median', value: round(median(rawAgg)), unit: 'ms' });
       report({ ...aggCommon, system: 'trace', metric: 'aggregation_vs_raw', value: round(median(svcAgg) / median(rawAgg), 3), unit: 'ratio', target: '< 1.2' });
+
+      // 3. A join of two datasets.
+      const blockFiles = await resolveStorageFiles(parseStorageRef({ scheme: 'file', prefix: `${chain.blocks}/`, glob: '*.parquet' }));
+      const logFiles = await resolveStorageFiles(parseStorageRef({ scheme: 'file', prefix: `${chain.logs}/`, glob: '*.parquet' }));
+      const rawJoinSql = JOIN_SQL.replace('FROM logs l', `FROM read_parquet(${sqlList(logFiles)}) l`).replace('JOIN blocks b', `JOIN read_parquet(${sqlList(blockFiles)}) b`);
+      const both = { blocks: 'bench_blocks', logs: 'bench_logs' };
+      await post(both, JOIN_SQL);
+      await rawRun(rawJoinSql);
+      const svcJoin: number[] = [];
+      const rawJoin: number[] = [];
+      for (let i = 0; i < JOIN_RUNS; i++) {
+        svcJoin.push(await post(both, JOIN_SQL));
+        rawJoin.push(await rawRun(rawJoinSql));
+      }
+      const joinCommon = { bench: 'query', blocks: JOIN_BLOCKS, logs: JOIN_BLOCKS * 10, files: blockFiles.length + logFiles.length, runs: JOIN_RUNS, threads: ENGINE_LIMITS.threads, backend: 'postgres' };
+      report({ ...joinCommon, system: 'trace', metric: 'join_median', value: round(median(svcJoin)), unit: 'ms' });
+      report({ ...joinCommon, system: 'duckdb', metric: 'join_median', value: round(median(rawJoin)), unit: 'ms' });
+      report({ ...joinCommon, system: 'trace', metric: 'join_vs_raw', value: round(median(svcJoin) / median(rawJoin), 3), unit: 'ratio', target: '< 1.2' });
     } finally {
       rc.closeSync();
       raw.closeSync();

@@ -3,6 +3,9 @@
  *
  * Configuration (environment):
  * - TRACE_STATE_DATABASE_URL: users, roles and the dataset registry (read only: `/v1/query`).
+ * - TRACE_DISPATCHER_URL: asked whether a task query's attempt still holds its lease
+ *   (`POST /v1/task/lease-check`); task queries fail closed when it cannot be reached.
+ * - TRACE_QUERY_EXECUTORS, TRACE_QUERY_EXECUTOR_MEMORY_MB: the executor pool (settings.ts).
  * - TRACE_DATA_DATABASE_URL: audit rows (its migrations are applied at start, idempotently).
  * - Task tokens: TRACE_TASK_CAPABILITY_SECRET (+ _KID, _NEXT_SECRET, _NEXT_KID) for HS256, or
  *   TRACE_DISPATCHER_URL with TRACE_WORKER_TOKEN to read the Dispatcher's task JWKS
@@ -19,6 +22,7 @@ import { capabilityKeyConfigFromEnv, createCapabilityVerifier, type CapabilityVe
 import { createUserVerifier, userVerifierConfigFromEnv } from '../auth/user.js';
 import { WORKER_TOKEN_HEADER } from '../auth/worker-token.js';
 import { startQueryService } from '../lite/query.js';
+import { queryConfigFromEnv } from './settings.js';
 
 /** The org every Trace v1 deployment creates (`bootstrapDeployment`'s default slug). */
 const DEPLOYMENT_ORG_SLUG = 'default';
@@ -65,6 +69,8 @@ export async function runQueryServiceProcess(
   };
   if (!env.stateDatabaseUrl) missing.push('TRACE_STATE_DATABASE_URL');
   if (!env.dataDatabaseUrl) missing.push('TRACE_DATA_DATABASE_URL');
+  if (!env.dispatcherUrl) missing.push('TRACE_DISPATCHER_URL (lease checks of task queries)');
+  const queryConfig = read(() => queryConfigFromEnv(penv));
   const capabilityVerifier = read(() => capabilityVerifierFromEnv(env));
   const userCfg = read(() => userVerifierConfigFromEnv(env));
   if (capabilityVerifier === undefined) missing.push('TRACE_TASK_CAPABILITY_SECRET (or TRACE_DISPATCHER_URL with TRACE_WORKER_TOKEN for the task JWKS)');
@@ -73,10 +79,10 @@ export async function runQueryServiceProcess(
   if (problems.length > 0) throw new Error(problems.join('; '));
 
   const log = opts.log ?? createLogger('query-service');
-  const state = await openDb(env.stateDatabaseUrl!, { max: 5, applicationName: 'trace-query-service' });
+  const state = await openDb(env.stateDatabaseUrl!, { max: 5, applicationName: 'trace-query-service', role: 'state' });
   let data: Db | undefined;
   try {
-    data = await openDb(env.dataDatabaseUrl!, { max: 5, applicationName: 'trace-query-service' });
+    data = await openDb(env.dataDatabaseUrl!, { max: 5, applicationName: 'trace-query-service', role: 'data' });
     await migrate(data, 'data');
     const orgId = await deploymentOrg(state);
     const svc = await startQueryService({
@@ -85,6 +91,8 @@ export async function runQueryServiceProcess(
       orgId,
       userVerifier: createUserVerifier(userCfg!),
       capabilityVerifier: capabilityVerifier!,
+      dispatcherUrl: env.dispatcherUrl!,
+      config: queryConfig ?? {},
       host: opts.host ?? '127.0.0.1',
       port: opts.port ?? DEFAULT_PORTS.query,
       log,

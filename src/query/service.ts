@@ -1,14 +1,18 @@
 /**
  * The Query Service HTTP surface (containers/query_service.md):
  * - `POST /v1/task/query`: task capability token in `X-Trace-Task-Capability`; body
- *   `{task_id, attempt, dataset_uuid | dataset_id | dataset, sql, limit?}`; reads one dataset
- *   granted in the token (specs/query_service_task_query.md).
- * - `POST /v1/query`: user Bearer token; body `{dataset, sql, limit?}` with `dataset` a registry
- *   name, resolved once at query start to a pinned version (specs/query_service_user_query.md,
- *   ADR 0009).
- * Both: SQL gate, exact file list resolved by trusted code, DuckDB sandbox, audit row (never
- * SQL), `{columns, rows, truncated}` on success and `{error, code}` otherwise. Authentication
- * and dataset lookup are injected, so this module holds no keys and no registry code.
+ *   `{task_id, attempt, lease_token?, dataset_uuid | dataset_id | dataset, sql, limit?}` for one
+ *   dataset (the relation `dataset`) or `{..., datasets: {name: dataset_uuid, ...}, sql}` for
+ *   several, each granted in the token (specs/query_service_task_query.md). The attempt must
+ *   still hold its lease: the Dispatcher is asked (lease.ts).
+ * - `POST /v1/query`: user Bearer token; body `{dataset, sql, limit?}` or
+ *   `{datasets: {name: dataset_name, ...}, sql, limit?}` with registry names, each resolved once
+ *   at query start to a pinned version (specs/query_service_user_query.md, ADR 0009).
+ * Both: the SQL scanner here, the exact file lists resolved by trusted code, then one executor
+ * process (executors.ts) runs the full SQL gate and the DuckDB sandbox; an audit row per dataset
+ * (never SQL); `{columns, rows, truncated}` on success and `{error, code}` otherwise.
+ * Authentication, dataset lookup and the lease check are injected, so this module holds no keys
+ * and no registry code.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
@@ -17,12 +21,13 @@ import { UUID_RE } from '../core/ids.js';
 import { createLogger, type Logger } from '../core/log.js';
 import { createHttpServer, header, parseInput } from '../core/http.js';
 import type { Db } from '../db/db.js';
-import { SqlGate, sharedGate, type GatedSql } from './gate.js';
-import { ENGINE_LIMITS, clampLimit, runQuery, type QueryResultSet, type SandboxOptions } from './engine.js';
+import { scanSql, DATASET_RELATION } from './executor/scan.js';
+import { namedRelations } from './executor/relations.js';
+import type { RelationGrant, S3Settings } from './executor/engine.js';
 import { parseStorageRef, resolveStorageFiles, storagePrefixUrl, urlWithin, type StorageDeps, type StorageRefInput } from './storage.js';
 import { recordTaskQuery, recordUserQuery } from './audit.js';
-import { Semaphore } from './semaphore.js';
-import { SandboxPool } from './pool.js';
+import { EXECUTOR_DEFAULTS, ExecutorPool, type ExecuteResult } from './executors.js';
+import type { TaskLeaseCheck } from './lease.js';
 
 /** One dataset grant as carried by a task capability token (contracts/task_capability_tokens.md). */
 export interface TaskDatasetGrant {
@@ -64,19 +69,38 @@ export interface ResolvedDataset {
   pii_columns?: string[];
 }
 
+/** Engine settings passed to every executor. */
+export interface SandboxSettings {
+  /** DuckDB `memory_limit` per instance; default half of `executorMemoryBytes`. */
+  memoryLimit?: string;
+  threads?: number;
+  maxTempDirectorySize?: string;
+  /** Where the executors' owned spill root is made; default /dev/shm when writable, else the OS tmpdir. */
+  tempRoot?: string;
+  s3?: S3Settings;
+}
+
 export interface QueryServiceConfig {
-  /** Queries executing at once in this process. */
+  /** Executor processes: queries executing at once in this service. */
   maxConcurrent: number;
-  /** Requests allowed to wait for a slot; beyond that 429 QUERY_BUSY. */
+  /** Requests allowed to wait for an executor; beyond that 429 QUERY_BUSY. */
   maxQueued: number;
+  /** Executors one caller (a user, or a task) may hold at once; its further queries wait. */
+  maxPerCaller: number;
   userTimeoutMs: number;
   taskTimeoutMs: number;
   maxRows: number;
   maxBytes: number;
   bodyLimit: number;
-  sandbox: SandboxOptions;
+  sandbox: SandboxSettings;
+  /** Memory cap of one executor process in bytes: its data-segment limit and the RSS it is killed above. */
+  executorMemoryBytes: number;
+  /** How often a busy executor's resident memory is read. */
+  memoryPollMs: number;
+  /** Niceness of the executor processes (0 to 19): under CPU contention the platform's routes win. */
+  executorNice: number;
   /**
-   * Locked instances kept for reuse, one per grant (pool.ts); 0 gives every query a fresh
+   * Locked instances each executor keeps for reuse, one per grant; 0 gives every query a fresh
    * instance. Reuse saves the ~10 ms instance setup per query.
    */
   poolMaxInstances: number;
@@ -85,16 +109,20 @@ export interface QueryServiceConfig {
 }
 
 export const QUERY_SERVICE_DEFAULTS: QueryServiceConfig = {
-  maxConcurrent: 2,
-  maxQueued: 8,
+  maxConcurrent: EXECUTOR_DEFAULTS.size,
+  maxQueued: EXECUTOR_DEFAULTS.maxQueued,
+  maxPerCaller: EXECUTOR_DEFAULTS.maxPerCaller,
   userTimeoutMs: 60_000,
   taskTimeoutMs: 300_000,
-  maxRows: ENGINE_LIMITS.maxRows,
-  maxBytes: ENGINE_LIMITS.maxBytes,
+  maxRows: 10_000,
+  maxBytes: 10 * 1024 * 1024,
   bodyLimit: 256 * 1024,
   sandbox: {},
-  poolMaxInstances: 4,
-  poolIdleMs: 60_000,
+  executorMemoryBytes: EXECUTOR_DEFAULTS.memoryCapBytes,
+  memoryPollMs: EXECUTOR_DEFAULTS.memoryPollMs,
+  executorNice: EXECUTOR_DEFAULTS.nice,
+  poolMaxInstances: EXECUTOR_DEFAULTS.maxInstances,
+  poolIdleMs: EXECUTOR_DEFAULTS.idleMs,
 };
 
 export interface QueryServiceDeps {
@@ -102,12 +130,13 @@ export interface QueryServiceDeps {
   dataDb: Db;
   /** Verifies a task capability token; throws (TraceError 401) when it is not valid. */
   verifyTaskToken(token: string): Promise<TaskQueryClaims> | TaskQueryClaims;
+  /** Whether the token's attempt still holds its lease (lease.ts); throws TraceError 403/401/503 when not. */
+  checkTaskLease: TaskLeaseCheck;
   /** Authenticates the raw Authorization header; throws TraceError 401/403. */
   authenticateUser(authorization: string): Promise<UserPrincipal> | UserPrincipal;
   /** Registry lookup by name within the org, pinned to the current version; null when unknown. */
   resolveDataset(orgId: string, name: string): Promise<ResolvedDataset | null> | ResolvedDataset | null;
   storage?: StorageDeps;
-  gate?: SqlGate;
   logger?: Logger;
   config?: Partial<QueryServiceConfig>;
 }
@@ -115,22 +144,27 @@ export interface QueryServiceDeps {
 const uuid = z.string().regex(UUID_RE, 'must be a UUID');
 const limitField = z.number().int('must be an integer').optional();
 const sqlField = z.string().min(1, 'must not be empty');
+const DATASET_NAME_RE = /^[a-z][a-z0-9_]{0,127}$/;
+const datasetName = z.string().regex(DATASET_NAME_RE, 'must be a dataset name matching ^[a-z][a-z0-9_]{0,127}$ (lower snake_case, starting with a letter)');
 
 const taskBodySchema = z.object({
   task_id: uuid,
   attempt: z.number().int().min(1),
+  lease_token: uuid.optional(),
   dataset_uuid: uuid.optional(),
   dataset_id: uuid.optional(),
   dataset: uuid.optional(),
+  datasets: z.record(z.string(), uuid).optional(),
   sql: sqlField,
   limit: limitField,
 });
 
 const userBodySchema = z.object({
-  dataset: z.string().regex(/^[a-z][a-z0-9_]{0,127}$/, 'must be a dataset name (lower snake_case)'),
+  dataset: datasetName.optional(),
+  datasets: z.record(z.string(), datasetName).optional(),
   sql: sqlField,
   limit: limitField,
-});
+}).refine((b) => (b.dataset === undefined) !== (b.datasets === undefined), { message: 'give either dataset or datasets', path: ['dataset'] });
 
 const normRole = (r: string) => r.replace(/^role:/, '');
 
@@ -139,53 +173,79 @@ function asAuthError(e: unknown): TraceError {
   return unauthorized();
 }
 
+/** `{alias: value}` from a request to validated relations sorted by name (400 naming the bad field). */
+function relationsOf<T>(record: Record<string, T>): Array<{ name: string; ref: T }> {
+  const r = namedRelations(Object.entries(record));
+  if (!r.ok) {
+    const first = r.problems[0]!;
+    throw badRequest(`invalid request body: ${first.path}: ${first.message}`, 'INVALID_REQUEST', r.problems);
+  }
+  return r.relations;
+}
+
+const pools = new WeakMap<FastifyInstance, ExecutorPool>();
+
+/** The executor pool of an app built by buildQueryApp (operators' stats, tests). */
+export function executorsOf(app: FastifyInstance): ExecutorPool | undefined {
+  return pools.get(app);
+}
+
+/** One relation of a query, resolved: what the audit row needs and where its files are. */
+interface PlannedRelation {
+  name: string;
+  dataset_uuid: string;
+  dataset_version: string | null;
+  ref: StorageRefInput;
+  pii: boolean;
+  /** The registry name (user queries). */
+  dataset_name?: string;
+}
+
 export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
   const cfg: QueryServiceConfig = { ...QUERY_SERVICE_DEFAULTS, ...deps.config };
   const log = deps.logger ?? createLogger('query-service');
   const app = createHttpServer({ log, bodyLimit: cfg.bodyLimit, name: 'query-service' });
-  const slots = new Semaphore(cfg.maxConcurrent, cfg.maxQueued);
-  const pool = cfg.poolMaxInstances > 0 ? new SandboxPool(cfg.sandbox, { maxInstances: cfg.poolMaxInstances, idleMs: cfg.poolIdleMs }) : undefined;
-  app.addHook('onClose', async () => pool?.close());
-  const taskClaims = new WeakMap<FastifyRequest, TaskQueryClaims>();
+  const pool = new ExecutorPool({
+    size: cfg.maxConcurrent,
+    maxQueued: cfg.maxQueued,
+    maxPerCaller: cfg.maxPerCaller,
+    memoryCapBytes: cfg.executorMemoryBytes,
+    ...(cfg.sandbox.memoryLimit ? { memoryLimit: cfg.sandbox.memoryLimit } : {}),
+    threads: cfg.sandbox.threads ?? EXECUTOR_DEFAULTS.threads,
+    maxTempDirectorySize: cfg.sandbox.maxTempDirectorySize ?? EXECUTOR_DEFAULTS.maxTempDirectorySize,
+    ...(cfg.sandbox.tempRoot ? { tempRoot: cfg.sandbox.tempRoot } : {}),
+    ...(cfg.sandbox.s3 ? { s3: cfg.sandbox.s3 } : {}),
+    maxInstances: cfg.poolMaxInstances,
+    idleMs: cfg.poolIdleMs,
+    memoryPollMs: cfg.memoryPollMs,
+    nice: cfg.executorNice,
+    log,
+  });
+  pools.set(app, pool);
+  app.addHook('onClose', async () => pool.close());
+  const taskClaims = new WeakMap<FastifyRequest, { claims: TaskQueryClaims; token: string }>();
   const principals = new WeakMap<FastifyRequest, UserPrincipal>();
-  const gate = () => (deps.gate ? Promise.resolve(deps.gate) : sharedGate());
 
   /**
-   * The exact file list, resolved once at query start (ADR 0009), and the gate's verdict, run
-   * side by side. Errors keep their order: a gate rejection (400) before a listing failure.
+   * The exact file list of every relation, resolved once at query start (ADR 0009), side by
+   * side. Errors come in relation-name order.
    */
-  async function prepare(ref: StorageRefInput, gated: Promise<GatedSql>): Promise<{ sql: GatedSql; files: string[] }> {
-    const listing = resolveStorageFiles(ref, deps.storage);
-    listing.catch(() => {});
-    const sql = await gated;
-    const files = await listing;
-    if (files.length === 0) throw notFound('the dataset has no files yet', 'DATASET_EMPTY');
-    return { sql, files };
-  }
-
-  /** Acquire a slot and run the sandboxed query over the resolved files. */
-  async function execute(files: string[], sql: GatedSql, limit: number | undefined, timeoutMs: number): Promise<QueryResultSet> {
-    const release = await slots.acquire();
-    try {
-      return await runQuery({
-        grant: { files },
-        sql,
-        limit: clampLimit(limit, cfg.maxRows),
-        timeoutMs,
-        maxBytes: cfg.maxBytes,
-        sandbox: cfg.sandbox,
-        ...(pool ? { pool } : {}),
-      });
-    } finally {
-      release();
+  async function listFiles(planned: PlannedRelation[]): Promise<RelationGrant[]> {
+    const listings = planned.map((p) => resolveStorageFiles(p.ref, deps.storage));
+    for (const l of listings) l.catch(() => {});
+    const out: RelationGrant[] = [];
+    for (const [i, p] of planned.entries()) {
+      const files = await listings[i]!;
+      if (files.length === 0) throw notFound(planned.length > 1 ? `the dataset of relation ${p.name} has no files yet` : 'the dataset has no files yet', 'DATASET_EMPTY');
+      out.push({ name: p.name, files });
     }
+    return out;
   }
 
-  /** Starts the gate on `sql` now; the verdict is awaited later, after the checks that come first. */
-  function startGate(sql: string): Promise<GatedSql> {
-    const p = gate().then((g) => g.check(sql));
-    p.catch(() => {});
-    return p;
+  /** Runs the statement on an executor. */
+  function execute(caller: string, relations: RelationGrant[], sql: string, limit: number | undefined, timeoutMs: number): Promise<ExecuteResult> {
+    const clamped = limit === undefined || !Number.isFinite(limit) ? cfg.maxRows : Math.min(cfg.maxRows, Math.max(1, Math.trunc(limit)));
+    return pool.execute({ caller, sql, relations, limit: clamped, maxBytes: cfg.maxBytes, timeoutMs });
   }
 
   async function audit(fn: () => Promise<void>): Promise<void> {
@@ -213,55 +273,69 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
         const token = header(req, 'x-trace-task-capability');
         if (!token) throw unauthorized('missing X-Trace-Task-Capability header');
         try {
-          taskClaims.set(req, await deps.verifyTaskToken(token));
+          taskClaims.set(req, { claims: await deps.verifyTaskToken(token), token });
         } catch (e) {
           throw asAuthError(e);
         }
       },
     },
-    async (req) => {
-      const claims = taskClaims.get(req);
-      if (!claims) throw unauthorized();
+    async (req, reply) => {
+      const auth = taskClaims.get(req);
+      if (!auth) throw unauthorized();
+      const { claims, token } = auth;
       const ctx: Record<string, unknown> = { org_id: claims.org_id, task_id: claims.task_id, attempt: claims.attempt };
       try {
         const body = parseInput(taskBodySchema, req.body);
         if (body.task_id !== claims.task_id || body.attempt !== claims.attempt) {
           throw new TraceError(403, 'CAPABILITY_MISMATCH', 'task capability token does not match task_id and attempt');
         }
+        // The lease is asked for now and awaited before any file is read.
+        const lease = deps.checkTaskLease(token, { task_id: body.task_id, attempt: body.attempt, ...(body.lease_token ? { lease_token: body.lease_token } : {}) });
+        lease.catch(() => {});
         const named = [body.dataset_uuid, body.dataset_id, body.dataset].filter((x): x is string => x !== undefined);
-        if (new Set(named.map((s) => s.toLowerCase())).size > 1) throw badRequest('dataset_uuid, dataset_id and dataset name different datasets', 'INVALID_REQUEST');
-        let grant: TaskDatasetGrant | undefined;
-        if (named.length > 0) grant = claims.datasets.find((d) => d.dataset_uuid.toLowerCase() === named[0]!.toLowerCase());
-        else if (claims.datasets.length === 1) grant = claims.datasets[0];
-        else throw badRequest('dataset_uuid is required', 'INVALID_REQUEST');
-        if (!grant) throw forbidden('the dataset is not granted to this task', 'DATASET_NOT_GRANTED');
-        ctx.dataset_uuid = grant.dataset_uuid;
-        const ref = parseStorageRef(grant.storage_ref);
-        if (ref.scheme === 's3') {
-          const prefix = storagePrefixUrl(ref);
-          const ok = (claims.s3?.read_prefixes ?? []).some((p) => urlWithin(prefix, p));
-          if (!ok) throw forbidden('the dataset storage is outside the token read prefixes', 'STORAGE_OUTSIDE_GRANT');
+        let wanted: Array<{ name: string; ref: string | undefined }>;
+        if (body.datasets !== undefined) {
+          if (named.length > 0) throw badRequest('give either datasets or one of dataset_uuid, dataset_id, dataset', 'INVALID_REQUEST');
+          wanted = relationsOf(body.datasets);
+        } else {
+          if (new Set(named.map((s) => s.toLowerCase())).size > 1) throw badRequest('dataset_uuid, dataset_id and dataset name different datasets', 'INVALID_REQUEST');
+          if (named.length === 0 && claims.datasets.length !== 1) throw badRequest('dataset_uuid is required', 'INVALID_REQUEST');
+          wanted = [{ name: DATASET_RELATION, ref: named[0] }];
         }
+        const planned: PlannedRelation[] = [];
+        for (const w of wanted) {
+          const grant = w.ref === undefined ? claims.datasets[0] : claims.datasets.find((d) => d.dataset_uuid.toLowerCase() === w.ref!.toLowerCase());
+          if (!grant) throw forbidden(wanted.length > 1 ? `the dataset of relation ${w.name} is not granted to this task` : 'the dataset is not granted to this task', 'DATASET_NOT_GRANTED');
+          const ref = parseStorageRef(grant.storage_ref);
+          if (ref.scheme === 's3') {
+            const prefix = storagePrefixUrl(ref);
+            const ok = (claims.s3?.read_prefixes ?? []).some((p) => urlWithin(prefix, p));
+            if (!ok) throw forbidden('the dataset storage is outside the token read prefixes', 'STORAGE_OUTSIDE_GRANT');
+          }
+          planned.push({ name: w.name, dataset_uuid: grant.dataset_uuid, dataset_version: grant.dataset_version ?? null, ref, pii: (grant.pii_columns?.length ?? 0) > 0 });
+        }
+        if (planned.length === 1) ctx.dataset_uuid = planned[0]!.dataset_uuid;
+        else ctx.dataset_uuids = planned.map((p) => p.dataset_uuid);
         const t0 = performance.now();
-        const { sql, files } = await prepare(ref, startGate(body.sql));
-        const result = await execute(files, sql, body.limit, cfg.taskTimeoutMs);
+        await lease;
+        scanSql(body.sql);
+        const relations = await listFiles(planned);
+        const result = await execute(`task:${claims.task_id}`, relations, body.sql, body.limit, cfg.taskTimeoutMs);
         const durationMs = performance.now() - t0;
         await audit(() =>
           recordTaskQuery(deps.dataDb, {
             org_id: claims.org_id,
             task_id: claims.task_id,
             attempt: claims.attempt,
-            dataset_uuid: grant.dataset_uuid,
-            dataset_version: grant.dataset_version ?? null,
+            datasets: planned.map((p) => ({ dataset_uuid: p.dataset_uuid, dataset_version: p.dataset_version, ...(p.pii ? { pii_dataset: p.dataset_uuid } : {}) })),
             duration_ms: durationMs,
-            row_count: result.rows.length,
+            row_count: result.rowCount,
             columns: result.columns.map((c) => c.name),
             truncated: result.truncated,
-            ...(grant.pii_columns && grant.pii_columns.length > 0 ? { pii_dataset: grant.dataset_uuid } : {}),
           }),
         );
-        req.log.info({ event: 'query_ok', route: '/v1/task/query', ...ctx, row_count: result.rows.length, truncated: result.truncated, duration_ms: Math.round(durationMs) }, 'query served');
-        return result;
+        req.log.info({ event: 'query_ok', route: '/v1/task/query', ...ctx, row_count: result.rowCount, truncated: result.truncated, duration_ms: Math.round(durationMs) }, 'query served');
+        return reply.header('content-type', 'application/json; charset=utf-8').send(result.body);
       } catch (e) {
         denied(req, ctx, e);
         throw e;
@@ -282,43 +356,48 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
         }
       },
     },
-    async (req) => {
+    async (req, reply) => {
       const who = principals.get(req);
       if (!who) throw unauthorized();
       const ctx: Record<string, unknown> = { org_id: who.org_id, user_id: who.user_id };
       try {
         const body = parseInput(userBodySchema, req.body);
-        ctx.dataset = body.dataset;
+        const wanted = body.datasets !== undefined ? relationsOf(body.datasets) : [{ name: DATASET_RELATION, ref: body.dataset! }];
+        if (wanted.length === 1 && body.dataset !== undefined) ctx.dataset = body.dataset;
+        else ctx.datasets = wanted.map((w) => w.ref);
         const t0 = performance.now();
-        // The gate works while the registry answers; its verdict is only used after the checks.
-        const gated = startGate(body.sql);
-        const ds = await deps.resolveDataset(who.org_id, body.dataset);
-        if (!ds) throw notFound('no such dataset', 'DATASET_NOT_FOUND');
-        if (ds.read_roles.length > 0) {
-          const need = new Set(ds.read_roles.map(normRole));
-          if (!who.roles.some((r) => need.has(normRole(r)))) throw forbidden('you do not have a role that may read this dataset', 'DATASET_FORBIDDEN');
+        // Registry lookups side by side; errors in relation-name order.
+        const lookups = wanted.map((w) => Promise.resolve(deps.resolveDataset(who.org_id, w.ref)));
+        for (const l of lookups) l.catch(() => {});
+        const planned: PlannedRelation[] = [];
+        for (const [i, w] of wanted.entries()) {
+          const ds = await lookups[i]!;
+          const which = wanted.length > 1 ? ` (relation ${w.name})` : '';
+          if (!ds) throw notFound(`no such dataset${which}`, 'DATASET_NOT_FOUND');
+          if (ds.read_roles.length > 0) {
+            const need = new Set(ds.read_roles.map(normRole));
+            if (!who.roles.some((r) => need.has(normRole(r)))) throw forbidden(`you do not have a role that may read this dataset${which}`, 'DATASET_FORBIDDEN');
+          }
+          planned.push({ name: w.name, dataset_uuid: ds.dataset_uuid, dataset_version: ds.dataset_version, ref: parseStorageRef(ds.storage_ref), pii: (ds.pii_columns?.length ?? 0) > 0, dataset_name: w.ref });
         }
-        const ref = parseStorageRef(ds.storage_ref);
-        const { sql, files } = await prepare(ref, gated);
-        const result = await execute(files, sql, body.limit, cfg.userTimeoutMs);
+        scanSql(body.sql);
+        const relations = await listFiles(planned);
+        const result = await execute(`user:${who.user_id}`, relations, body.sql, body.limit, cfg.userTimeoutMs);
         const durationMs = performance.now() - t0;
         await audit(() =>
           recordUserQuery(deps.dataDb, {
             org_id: who.org_id,
             user_id: who.user_id,
             ...(who.sub ? { user_sub: who.sub } : {}),
-            dataset_uuid: ds.dataset_uuid,
-            dataset_name: body.dataset,
-            dataset_version: ds.dataset_version,
+            datasets: planned.map((p) => ({ dataset_uuid: p.dataset_uuid, dataset_name: p.dataset_name!, dataset_version: p.dataset_version, ...(p.pii ? { pii_dataset: p.dataset_name! } : {}) })),
             duration_ms: durationMs,
-            row_count: result.rows.length,
+            row_count: result.rowCount,
             columns: result.columns.map((c) => c.name),
             truncated: result.truncated,
-            ...(ds.pii_columns && ds.pii_columns.length > 0 ? { pii_dataset: body.dataset } : {}),
           }),
         );
-        req.log.info({ event: 'query_ok', route: '/v1/query', ...ctx, row_count: result.rows.length, truncated: result.truncated, duration_ms: Math.round(durationMs) }, 'query served');
-        return result;
+        req.log.info({ event: 'query_ok', route: '/v1/query', ...ctx, row_count: result.rowCount, truncated: result.truncated, duration_ms: Math.round(durationMs) }, 'query served');
+        return reply.header('content-type', 'application/json; charset=utf-8').send(result.body);
       } catch (e) {
         denied(req, ctx, e);
         throw e;

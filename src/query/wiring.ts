@@ -6,13 +6,15 @@
  * The user path's registry lookup sits behind `resolveDataset` alone, so a deployment whose
  * Query Service holds no state-database credentials can replace it with an HTTP call to the
  * Dispatcher (`GET /v1/datasets/{name}` with the caller's token) without touching the service.
- * The task path needs no registry at all: the capability token carries the pinned grants.
+ * The task path needs no registry at all: the capability token carries the pinned grants, and
+ * whether the token's attempt still holds its lease is asked of the Dispatcher (lease.ts).
  */
 import type { Db, Queryable } from '../db/db.js';
 import type { UserVerifier } from '../auth/user.js';
 import type { CapabilityVerifier } from '../auth/capability.js';
 import { authenticate } from '../dispatcher/identity.js';
 import type { QueryServiceDeps, ResolvedDataset, UserPrincipal } from './service.js';
+import { dispatcherLeaseCheck } from './lease.js';
 
 export interface QueryWiringInput {
   /** Postgres state: users, roles, the dataset registry (read only). */
@@ -23,9 +25,13 @@ export interface QueryWiringInput {
   orgId: string;
   userVerifier: UserVerifier;
   capabilityVerifier: CapabilityVerifier;
+  /** The Dispatcher, asked whether a task's attempt still holds its lease. */
+  dispatcherUrl: string | (() => string);
+  /** How long a live answer is kept (at most 1 s). */
+  leaseCacheMs?: number;
 }
 
-export type WiredQueryDeps = Pick<QueryServiceDeps, 'dataDb' | 'authenticateUser' | 'resolveDataset' | 'verifyTaskToken'>;
+export type WiredQueryDeps = Pick<QueryServiceDeps, 'dataDb' | 'authenticateUser' | 'resolveDataset' | 'verifyTaskToken' | 'checkTaskLease'>;
 
 /**
  * One statement, so the name, its current version pointer and that version's storage ref are
@@ -71,7 +77,7 @@ export async function resolveRegistryDataset(q: Queryable, orgId: string, name: 
 
 /** The `buildQueryApp` dependencies for a Query Service that reads Postgres state directly. */
 export function queryDepsFromState(input: QueryWiringInput): WiredQueryDeps {
-  const { state, data, orgId, userVerifier, capabilityVerifier } = input;
+  const { state, data, orgId, userVerifier, capabilityVerifier, dispatcherUrl } = input;
   return {
     dataDb: data,
     async authenticateUser(authorization: string): Promise<UserPrincipal> {
@@ -80,5 +86,6 @@ export function queryDepsFromState(input: QueryWiringInput): WiredQueryDeps {
     },
     resolveDataset: (org, name) => resolveRegistryDataset(state, org, name),
     verifyTaskToken: (token) => capabilityVerifier.verify(token),
+    checkTaskLease: dispatcherLeaseCheck({ dispatcherUrl, ...(input.leaseCacheMs !== undefined ? { cacheMs: input.leaseCacheMs } : {}) }),
   };
 }

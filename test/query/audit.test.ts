@@ -17,11 +17,11 @@ for (const backend of BACKENDS) {
         const user = randomUUID();
         const ds = randomUUID();
         await recordTaskQuery(db, {
-          org_id: org, task_id: taskId, attempt: 3, dataset_uuid: ds, dataset_version: null,
-          duration_ms: 12.6, row_count: 7, columns: ['a', 'b'], truncated: true, pii_dataset: ds,
+          org_id: org, task_id: taskId, attempt: 3, datasets: [{ dataset_uuid: ds, dataset_version: null, pii_dataset: ds }],
+          duration_ms: 12.6, row_count: 7, columns: ['a', 'b'], truncated: true,
         });
         await recordUserQuery(db, {
-          org_id: org, user_id: user, dataset_uuid: ds, dataset_name: 'blocks', dataset_version: 'v9',
+          org_id: org, user_id: user, datasets: [{ dataset_uuid: ds, dataset_name: 'blocks', dataset_version: 'v9' }],
           duration_ms: 1, row_count: 0, columns: [], truncated: false,
         });
         const t = await db.query<Record<string, unknown>>('SELECT * FROM query_audit');
@@ -53,8 +53,8 @@ for (const backend of BACKENDS) {
       try {
         // a PII row that cannot be written rolls the audit row back with it
         await assert.rejects(recordUserQuery(db, {
-          org_id: randomUUID(), user_id: 'not-a-uuid', dataset_uuid: randomUUID(), dataset_name: 'people', dataset_version: null,
-          duration_ms: 1, row_count: 1, columns: [], truncated: false, pii_dataset: 'people',
+          org_id: randomUUID(), user_id: 'not-a-uuid', datasets: [{ dataset_uuid: randomUUID(), dataset_name: 'people', dataset_version: null, pii_dataset: 'people' }],
+          duration_ms: 1, row_count: 1, columns: [], truncated: false,
         }));
         assert.equal((await db.query<{ n: number }>('SELECT count(*)::int AS n FROM user_query_audit')).rows[0]!.n, 0);
       } finally {

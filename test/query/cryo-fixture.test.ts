@@ -49,6 +49,10 @@ describe('Cryo Monad fixtures', { skip }, () => {
       verifyTaskToken: () => {
         throw unauthorized();
       },
+      checkTaskLease: async () => {
+        throw unauthorized();
+      },
+      config: { maxConcurrent: 1 },
       authenticateUser: () => ({ org_id: ORG, user_id: USER, roles: [] }),
       resolveDataset: (_org, name) =>
         name === 'monad_transactions'

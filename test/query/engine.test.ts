@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TraceError } from '../../src/core/errors.js';
-import { ENGINE_LIMITS, clampLimit, runQuery } from '../../src/query/engine.js';
-import { SqlGate, type GatedSql } from '../../src/query/gate.js';
+import { ENGINE_LIMITS, clampLimit, runQuery } from '../../src/query/executor/engine.js';
+import { SqlGate, type GatedSql } from '../../src/query/executor/gate.js';
 import { tempDir, writeParquet, writeThreeRows, type TempDir } from './support.js';
 
 let tmp: TempDir;

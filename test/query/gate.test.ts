@@ -1,7 +1,8 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
-import { SqlGate, SqlRejected, checkParseTree, scanSql, validateSql, isGatedSql, type GateRule } from '../../src/query/gate.js';
+import { SqlGate, SqlRejected, checkParseTree, scanSql, validateSql, isGatedSql, DENIED_KEYWORDS, type GateRule } from '../../src/query/executor/gate.js';
+import { SQL_KEYWORDS, relationNameProblem } from '../../src/query/executor/relations.js';
 
 let gate: SqlGate;
 let parser: DuckDBInstance;
@@ -100,6 +101,11 @@ describe('SQL gate: spec reject list', () => {
     ["SELECT * FROM read_parquet('s3://bucket/other/*.parquet')", 'denied_function'],
     ["SELECT * FROM 'file.csv'", 'string_literal_relation'],
     ['SELECT 1; SELECT 2', 'multiple_statements'],
+    // empty statements count as statements, as in the reference gate
+    ['SELECT 1;;', 'multiple_statements'],
+    ['SELECT 1; ;', 'multiple_statements'],
+    ['SELECT 1; /* c */ ; -- c', 'multiple_statements'],
+    [';', 'empty'],
     ['INSERT INTO dataset VALUES (1)', 'not_select'],
     ['DELETE FROM dataset', 'not_select'],
     ['PRAGMA database_list', 'not_select'],
@@ -264,5 +270,33 @@ describe('SQL gate stage 1 (scanner)', () => {
   });
   it('only the gate can mint gated SQL', () => {
     assert.equal(isGatedSql({ sql: 'SELECT 1' }), false);
+  });
+});
+
+describe('SQL gate: granted relation names', () => {
+  it('allows exactly the given relations and CTEs; the verdict depends on the relation set', async () => {
+    const rel = ['blocks', 'logs'];
+    const g = await gate.check('SELECT b.number, count(*) FROM blocks b JOIN logs l ON l.block_number = b.number GROUP BY 1', rel);
+    assert.deepEqual(g.relations, ['blocks', 'logs']);
+    await gate.check('WITH x AS (SELECT * FROM logs) SELECT * FROM x, blocks', ['LOGS', 'Blocks']);
+    const byDefault = await gate.check('SELECT * FROM dataset');
+    assert.deepEqual(byDefault.relations, ['dataset']);
+    // The same text passes for one set of relations and not for another (no cached verdict leaks).
+    await assert.rejects(gate.check('SELECT * FROM dataset', rel), (e: unknown) => e instanceof SqlRejected && e.rule === 'table_reference');
+    await assert.rejects(gate.check('SELECT * FROM blocks'), (e: unknown) => e instanceof SqlRejected && e.rule === 'table_reference');
+    await assert.rejects(gate.check('SELECT * FROM blocks, other', rel), (e: unknown) => e instanceof SqlRejected && e.rule === 'table_reference');
+    await assert.rejects(gate.check('SELECT * FROM main.blocks', rel), (e: unknown) => e instanceof SqlRejected && e.rule === 'qualified_reference');
+  });
+});
+
+describe('relation names', () => {
+  it('refuse every DuckDB keyword outside the unreserved category, and the gate denied keywords', async () => {
+    const r = await conn.runAndReadAll(`SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved' ORDER BY 1`);
+    const engine = r.getRowsJson().map((row) => String(row[0]));
+    assert.deepEqual([...SQL_KEYWORDS].sort(), engine, 'SQL_KEYWORDS matches this DuckDB build');
+    for (const k of engine) assert.ok(relationNameProblem(k), k);
+    for (const k of DENIED_KEYWORDS) assert.ok(relationNameProblem(k.toLowerCase()), k);
+    for (const ok of ['blocks', 'logs', 'dataset', 'Blocks', '_x1', 'year', 'values_2']) assert.equal(relationNameProblem(ok), undefined, ok);
+    for (const bad of ['', '1a', 'a-b', 'a b', 'ä', 'x'.repeat(64), '"q"']) assert.ok(relationNameProblem(bad), bad);
   });
 });

@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, realpathSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { tmpdir } from 'node:os';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { newId, uuidV5 } from '../../src/core/ids.js';
 import { silentLogger } from '../../src/core/log.js';
@@ -18,11 +19,12 @@ import { bootstrapDeployment, ensureUser } from '../../src/dispatcher/identity.j
 import { datasetAdminRoutes, registerExternalDataset } from '../../src/dispatcher/http/dataset-admin-routes.js';
 import { startQueryService, type QueryServiceHandle } from '../../src/lite/query.js';
 import { TraceError } from '../../src/core/errors.js';
-import { runQuery } from '../../src/query/engine.js';
-import { SqlGate } from '../../src/query/gate.js';
-import { SandboxPool } from '../../src/query/pool.js';
+import { runQuery } from '../../src/query/executor/engine.js';
+import { SqlGate } from '../../src/query/executor/gate.js';
+import { SandboxPool } from '../../src/query/executor/instances.js';
 import { BACKENDS, freshDbs, type TestDbs } from '../support/db.js';
 import { buildDispatcher, TEST_SECRETS } from '../support/dispatcher.js';
+import { twoJobDag } from '../support/drive.js';
 import { tempDir, writeParquet, type TempDir } from './support.js';
 
 const REPO = resolve(fileURLToPath(new URL('.', import.meta.url)), '..', '..');
@@ -83,7 +85,8 @@ BACKENDS.forEach((backend, backendIndex) => {
 
     before(async () => {
       dbs = await freshDbs(backend);
-      built = await buildDispatcher(dbs.state);
+      // Tests register Parquet from their temp folders and, where present, the shared Cryo fixtures.
+      built = await buildDispatcher(dbs.state, { datasetStorage: { roots: [tmpdir(), CRYO] } });
       // Mounted here until src/dispatcher/dispatcher.ts mounts it itself.
       if (!built.dispatcher.app.hasRoute({ method: 'POST', url: '/v1/datasets/:name/register' })) datasetAdminRoutes(built.dispatcher.app, built.dispatcher.ctx);
       dispatcherUrl = await built.start({ loops: false });
@@ -102,6 +105,8 @@ BACKENDS.forEach((backend, backendIndex) => {
         orgId,
         userVerifier: createUserVerifier({ mode: 'dev', secret: TEST_SECRETS.user }),
         capabilityVerifier: built.dispatcher.ctx.deps.capabilityVerifier,
+        dispatcherUrl,
+        config: { maxConcurrent: 2 },
         host: '127.0.0.1',
         port: 0,
         log: silentLogger,
@@ -233,7 +238,7 @@ BACKENDS.forEach((backend, backendIndex) => {
 
     it('refuses users outside the deployment org, unknown users and forged tokens', async () => {
       // The outsider is the admin of another org and has a same-named dataset there.
-      const theirs = await registerExternalDataset(dbs.state, otherOrg, 'trades', dirUrl(join(tmp.dir, 'secret')));
+      const theirs = await registerExternalDataset(dbs.state, otherOrg, 'trades', dirUrl(join(tmp.dir, 'secret')), undefined, { roots: [tmp.dir] });
       assert.notEqual(theirs.dataset_uuid, uuidV5('external_dataset', built.orgId, 'trades'));
       expectError(await q(tok.outsider, 'trades', 'SELECT * FROM dataset'), 403, 'NOT_A_MEMBER');
       expectError(await q(tok.stranger, 'trades', 'SELECT 1 AS x'), 403, 'NOT_A_MEMBER');
@@ -254,7 +259,7 @@ BACKENDS.forEach((backend, backendIndex) => {
       }
     });
 
-    it('register: admin only, validated sources, job-output names are taken, s3 recorded without listing', async () => {
+    it('register: admin only, validated sources, job-output names are taken, s3 refused without an S3 object store', async () => {
       expectError(await register(tok.analyst!, 'trades', dirUrl(tradesDir)), 403, 'ADMIN_REQUIRED');
       expectError(await call(dispatcherUrl, 'POST', '/v1/datasets/trades/register', undefined, { from: dirUrl(tradesDir) }), 401, 'UNAUTHORIZED');
       expectError(await register(tok.admin!, 'x1', `file://${tradesDir}/../secret/`), 400, 'INVALID_SOURCE');
@@ -276,44 +281,48 @@ BACKENDS.forEach((backend, backendIndex) => {
         `INSERT INTO datasets (id, org_id, name, kind, producer_dag_name, producer_job_name, producer_output_index) VALUES ($1, $2, 'blocks', 'job_output', 'chain', 'sync', 0)`,
         [newId(), built.orgId]);
       expectError(await register(tok.admin!, 'blocks', dirUrl(tradesDir)), 409, 'DATASET_NAME_TAKEN');
-      await assert.rejects(registerExternalDataset(dbs.state, built.orgId, 'blocks', dirUrl(tradesDir)), (e: unknown) => (e as { status?: number }).status === 409);
+      await assert.rejects(registerExternalDataset(dbs.state, built.orgId, 'blocks', dirUrl(tradesDir), undefined, { roots: [tmp.dir] }), (e: unknown) => (e as { status?: number }).status === 409);
 
-      const s3 = await register(tok.admin!, 'lake', 's3://my-bucket/exports/trades', '**/*.parquet');
-      assert.equal(s3.status, 201, JSON.stringify(s3.body));
-      assert.deepEqual(s3.body.storage_ref, { scheme: 's3', bucket: 'my-bucket', prefix: 'exports/trades/', glob: '**/*.parquet' });
-      assert.equal(s3.body.files, null);
-      const s3again = await register(tok.admin!, 'lake', 's3://my-bucket/exports/trades/', '**/*.parquet');
-      assert.equal(s3again.status, 200);
-      assert.equal(s3again.body.dataset_version, s3.body.dataset_version);
+      // This Dispatcher has no S3 object store: an s3:// source is refused, and nothing is recorded.
+      expectError(await register(tok.admin!, 'lake', 's3://my-bucket/exports/trades', '**/*.parquet'), 400, 'OBJECT_STORE_NOT_CONFIGURED');
+      assert.equal((await dbs.state.query(`SELECT 1 FROM datasets WHERE name = 'lake'`)).rows.length, 0);
       expectError(await register(tok.admin!, 'lake2', 's3://Bad_Bucket/x/'), 400, 'INVALID_SOURCE');
       expectError(await register(tok.admin!, 'lake2', 's3://bucket/a/../b/'), 400, 'INVALID_SOURCE');
-      // No S3 client in this Query Service: the query fails closed.
-      expectError(await q(tok.analyst, 'lake', 'SELECT 1 AS x FROM dataset'), 501, 'S3_UNSUPPORTED');
     });
 
-    it('the task path verifies Dispatcher-minted capability tokens', async () => {
+    it('the task path verifies Dispatcher-minted capability tokens and asks the Dispatcher about the lease', async () => {
       const cur = (await dbs.state.query<{ id: string; current_version: string; storage_ref: any }>(
         `SELECT d.id, d.current_version, v.storage_ref FROM datasets d JOIN dataset_versions v ON v.id = d.current_version WHERE d.org_id = $1 AND d.name = 'trades'`, [built.orgId])).rows[0]!;
-      const taskId = newId();
+      // A real task, claimed through the worker route: its lease is live.
+      const yaml = twoJobDag({ name: 'qlease' });
+      const dep = await fetch(`${dispatcherUrl}/v1/dags/qlease/versions?activate=true`, { method: 'POST', headers: { authorization: `Bearer ${tok.admin}`, 'content-type': 'application/yaml' }, body: yaml });
+      assert.ok(dep.status < 300, await dep.text());
+      const trig = await call(dispatcherUrl, 'POST', '/v1/dags/qlease/jobs/src/trigger', tok.admin, {});
+      assert.equal(trig.status < 300, true, JSON.stringify(trig.body));
+      const taskId = trig.body.task_id as string;
+      const claimed = await fetch(`${dispatcherUrl}/internal/task-claim`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-trace-worker-token': TEST_SECRETS.worker }, body: JSON.stringify({ task_id: taskId, worker_id: 'qtest' }) });
+      const lease = await claimed.json() as { status: string; attempt: number; lease_token: string; capability_token: string };
+      assert.equal(lease.status, 'Claimed');
+      // The grant is made here (this task reads nothing); the lease behind it is the real one.
       const token = await built.dispatcher.ctx.deps.issuer.sign({
-        org_id: built.orgId, task_id: taskId, attempt: 1,
+        org_id: built.orgId, task_id: taskId, attempt: lease.attempt,
         datasets: [{ dataset_uuid: cur.id, dataset_version: cur.current_version, storage_ref: cur.storage_ref }],
         s3: { read_prefixes: [], write_prefixes: [] },
       }, 600);
-      const res = await fetch(`${queryUrl}/v1/task/query`, {
+      const ask = (tokenUsed: string, extra: Record<string, unknown> = {}) => fetch(`${queryUrl}/v1/task/query`, {
         method: 'POST',
-        headers: { 'content-type': 'application/json', 'x-trace-task-capability': token },
-        body: JSON.stringify({ task_id: taskId, attempt: 1, dataset_uuid: cur.id, sql: 'SELECT count(*) AS n FROM dataset' }),
-      });
-      const body = await res.json() as { rows: unknown[][] };
-      assert.equal(res.status, 200, JSON.stringify(body));
-      assert.deepEqual(body.rows, [['3']]);
-      const bad = await fetch(`${queryUrl}/v1/task/query`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', 'x-trace-task-capability': `${token.slice(0, -4)}AAAA` },
-        body: JSON.stringify({ task_id: taskId, attempt: 1, dataset_uuid: cur.id, sql: 'SELECT 1 AS x' }),
-      });
-      assert.equal(bad.status, 401);
+        headers: { 'content-type': 'application/json', 'x-trace-task-capability': tokenUsed },
+        body: JSON.stringify({ task_id: taskId, attempt: lease.attempt, dataset_uuid: cur.id, sql: 'SELECT count(*) AS n FROM dataset', ...extra }),
+      }).then(async (r) => ({ status: r.status, body: await r.json() as any }));
+      const ok = await ask(token, { lease_token: lease.lease_token });
+      assert.equal(ok.status, 200, JSON.stringify(ok.body));
+      assert.deepEqual(ok.body.rows, [['3']]);
+      expectError(await ask(token, { lease_token: newId() }), 403, 'LEASE_MISMATCH');
+      assert.equal((await ask(`${token.slice(0, -4)}AAAA`)).status, 401);
+      // Once the attempt completes, its token reads nothing more.
+      const done = await fetch(`${dispatcherUrl}/v1/task/complete`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-trace-task-capability': lease.capability_token }, body: JSON.stringify({ task_id: taskId, attempt: lease.attempt, lease_token: lease.lease_token, status: 'Completed' }) });
+      assert.equal(done.status, 200, await done.text());
+      expectError(await ask(token), 403, 'ATTEMPT_NOT_LIVE');
     });
 
     it('real Cryo output registered through the route and queried', { skip: cryoSkip }, async () => {
@@ -366,17 +375,23 @@ BACKENDS.forEach((backend, backendIndex) => {
       assert.equal(regBody.created, true);
       assert.equal(regBody.files, 2);
 
-      const [again, denied, usage] = await Promise.all([
+      const [again, denied, usage, joined, mixed] = await Promise.all([
         trace(['datasets', 'register', 'cli_trades', '--from', dirUrl(tradesDir)], { ...base, TRACE_TOKEN: tok.admin! }),
         trace(['datasets', 'register', 'cli_trades', '--from', tradesDir], { ...base, TRACE_TOKEN: tok.analyst! }),
         trace(['query', 'SELECT 1'], { ...base, TRACE_TOKEN: tok.analyst! }),
+        trace(['query', '--dataset', 't=trades', '-d', 'c=cli_trades', 'SELECT count(*) AS n, sum(t.px + c.px) AS s FROM t JOIN c USING (id)', '--json'], { ...base, TRACE_TOKEN: tok.analyst! }),
+        trace(['query', '--dataset', 'trades', '--dataset', 'c=cli_trades', 'SELECT 1'], { ...base, TRACE_TOKEN: tok.analyst! }),
       ]);
+      assert.equal(joined.code, 0, joined.stderr);
+      assert.deepEqual(JSON.parse(joined.stdout).rows, [['3', 121.5]]);
+      assert.equal(mixed.code, 2);
+      assert.match(mixed.stderr, /either one --dataset NAME or --dataset ALIAS=NAME/);
       assert.equal(again.code, 0, again.stderr);
       assert.match(again.stdout, /^unchanged: cli_trades version [0-9a-f-]{36} \(2 files, \d+ bytes\)\n$/);
       assert.equal(denied.code, 1);
       assert.match(denied.stderr, /ADMIN_REQUIRED/);
       assert.equal(usage.code, 2);
-      assert.match(usage.stderr, /--dataset NAME is required/);
+      assert.match(usage.stderr, /--dataset NAME \(or --dataset ALIAS=NAME, repeatable\) is required/);
     });
   });
 });

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { TraceError } from '../../src/core/errors.js';
-import { QuerySandbox, scrubEngineMessage } from '../../src/query/engine.js';
+import { QuerySandbox, scrubEngineMessage } from '../../src/query/executor/engine.js';
 import { tempDir, writeParquet, writeThreeRows, type TempDir } from './support.js';
 
 let tmp: TempDir;
@@ -121,6 +121,21 @@ describe('grant isolation', () => {
       a.close();
       b.close();
     }
+  });
+
+  it('several relations: each is a view of its own files, and only their files are readable', async () => {
+    const sb = await QuerySandbox.open({ relations: [{ name: 'trades', files: granted }, { name: 'secrets', files: otherGrant }] });
+    try {
+      assert.deepEqual((await sb.execute('SELECT count(*) AS n, min(s) AS s FROM trades, secrets')).rows, [['3', 'top-secret']]);
+      // The union of both grants is allowed, one relation's view does not see the other's files.
+      await assert.rejects(sb.execute('SELECT s FROM trades'), (e: unknown) => e instanceof TraceError && e.code === 'QUERY_INVALID');
+      await assert.rejects(raw(sb, `SELECT * FROM read_parquet('${tmp.dir}/elsewhere.parquet')`), /Permission Error|IO Error/);
+      await assert.rejects(raw(sb, 'SET enable_external_access = true'), /lock|configuration/i);
+    } finally {
+      sb.close();
+    }
+    await assert.rejects(QuerySandbox.open({ relations: [{ name: 'select', files: granted }] }), (e: unknown) => e instanceof TraceError && e.code === 'QUERY_SANDBOX_FAILED');
+    await assert.rejects(QuerySandbox.open({ relations: [{ name: 'a', files: granted }, { name: 'a', files: otherGrant }] }), (e: unknown) => e instanceof TraceError && e.code === 'QUERY_SANDBOX_FAILED');
   });
 
   it('every query gets a fresh instance: objects made in one are gone in the next', async () => {

@@ -5,7 +5,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
@@ -13,7 +13,7 @@ import { TraceError, forbidden, unauthorized } from '../../src/core/errors.js';
 import { listen } from '../../src/core/http.js';
 import type { Db } from '../../src/db/db.js';
 import { buildQueryApp, type QueryServiceDeps, type ResolvedDataset, type TaskQueryClaims, type UserPrincipal } from '../../src/query/service.js';
-import { Semaphore } from '../../src/query/semaphore.js';
+import { executorsOf } from '../../src/query/service.js';
 import { BACKENDS } from '../support/db.js';
 import { freshDataDb, tempDir, writeParquet, writeThreeRows, type TempDir } from './support.js';
 
@@ -30,6 +30,7 @@ const DS_S3_IN = randomUUID();
 const DS_EMPTY = randomUUID();
 const DS_BIG = randomUUID();
 const DS_OTHER = randomUUID();
+const DS_TAGS = randomUUID();
 const VERSION = randomUUID();
 const MARKER = 'ZZ_SQL_MARKER_7';
 
@@ -39,6 +40,7 @@ interface Fixture {
   dirBig: string;
   dirEmpty: string;
   dirEscape: string;
+  dirTags: string;
 }
 
 async function makeFixture(): Promise<Fixture> {
@@ -47,6 +49,7 @@ async function makeFixture(): Promise<Fixture> {
   const dirBig = join(tmp.dir, 'objects', 'big');
   const dirEmpty = join(tmp.dir, 'objects', 'empty');
   const dirEscape = join(tmp.dir, 'objects', 'escape');
+  const dirTags = join(tmp.dir, 'objects', 'tags');
   await writeThreeRows(dirA);
   await writeParquet([
     { path: join(dirBig, 'big.parquet'), select: 'SELECT range AS n FROM range(20000)' },
@@ -55,7 +58,8 @@ async function makeFixture(): Promise<Fixture> {
   mkdirSync(dirEmpty, { recursive: true });
   mkdirSync(dirEscape, { recursive: true });
   writeFileSync(join(dirEscape, '_manifest.json'), JSON.stringify({ parquet_objects: ['../secret/secret.parquet'] }));
-  return { tmp, dirA, dirBig, dirEmpty, dirEscape };
+  await writeParquet([{ path: join(dirTags, 'tags.parquet'), select: `SELECT * FROM (VALUES (1::BIGINT, 'x'), (1::BIGINT, 'y'), (3::BIGINT, 'z')) t(id, tag)` }]);
+  return { tmp, dirA, dirBig, dirEmpty, dirEscape, dirTags };
 }
 
 function claimsFor(fx: Fixture): TaskQueryClaims {
@@ -73,10 +77,14 @@ function claimsFor(fx: Fixture): TaskQueryClaims {
       { dataset_uuid: DS_S3_IN, dataset_version: VERSION, storage_ref: { scheme: 's3', bucket: 'bkt', prefix: 'allowed/ds/', glob: '*.parquet' } },
       { dataset_uuid: DS_EMPTY, dataset_version: VERSION, storage_ref: file(fx.dirEmpty) },
       { dataset_uuid: DS_BIG, dataset_version: VERSION, storage_ref: file(fx.dirBig) },
+      { dataset_uuid: DS_TAGS, dataset_version: VERSION, storage_ref: file(fx.dirTags) },
     ],
     s3: { read_prefixes: ['s3://bkt/allowed/'] },
   };
 }
+
+/** Attempts whose lease the fake Dispatcher no longer considers live, by `task_id:attempt`. */
+const ENDED = new Set<string>();
 
 function depsFor(fx: Fixture, dataDb: Db, config: QueryServiceDeps['config'] = {}): QueryServiceDeps {
   const claims = claimsFor(fx);
@@ -91,6 +99,7 @@ function depsFor(fx: Fixture, dataDb: Db, config: QueryServiceDeps['config'] = {
     analytics: { dataset_uuid: DS_A, dataset_version: VERSION, storage_ref: { scheme: 'file', prefix: `${fx.dirA}/`, glob: '*.parquet' }, read_roles: ['analyst'] },
     people: { dataset_uuid: DS_PII, dataset_version: VERSION, storage_ref: { scheme: 'file', prefix: `${fx.dirA}/`, glob: '*.parquet' }, read_roles: [], pii_columns: ['name'] },
     broken: { dataset_uuid: DS_OTHER, dataset_version: null, storage_ref: undefined, read_roles: [] },
+    tags: { dataset_uuid: DS_TAGS, dataset_version: VERSION, storage_ref: { scheme: 'file', prefix: `${fx.dirTags}/`, glob: '*.parquet' }, read_roles: [] },
     escape: { dataset_uuid: DS_ESCAPE, dataset_version: VERSION, storage_ref: { scheme: 'file', prefix: `${fx.dirEscape}/`, glob: '*.parquet', manifest: '_manifest.json' }, read_roles: [] },
   };
   return {
@@ -108,8 +117,20 @@ function depsFor(fx: Fixture, dataDb: Db, config: QueryServiceDeps['config'] = {
       return u;
     },
     resolveDataset: (orgId, name) => (orgId === ORG ? (registry[name] ?? null) : null),
-    config,
+    checkTaskLease: async (_token, ref) => {
+      if (ENDED.has(`${ref.task_id}:${ref.attempt}`)) throw new TraceError(403, 'ATTEMPT_NOT_LIVE', 'the attempt is over (the task is Completed)');
+    },
+    config: { maxConcurrent: 2, ...config },
   };
+}
+
+/** Waits until `cond` holds (checked every 10 ms), failing after 20 s. */
+async function until(cond: () => boolean, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (!cond()) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }
 
 interface Reply {
@@ -251,6 +272,7 @@ for (const backend of BACKENDS) {
           `SELECT * FROM read_csv('/etc/${MARKER}')`,
           `SELECT * FROM '/etc/${MARKER}.parquet'`,
           `SELECT 1; SELECT '${MARKER}'`,
+          'SELECT 1;;',
         ]) {
           const r = await post(base, '/v1/task/query', task({ sql }), TASK_H);
           assertError(r, 400, 'SQL_REJECTED');
@@ -281,6 +303,25 @@ for (const backend of BACKENDS) {
         const nf = await fetch(`${base}/v1/nothing`, { method: 'POST' });
         assert.equal(nf.status, 404);
         assert.equal(((await nf.json()) as { code: string }).code, 'NOT_FOUND');
+      });
+    });
+
+    describe('POST /v1/task/query: the lease', () => {
+      it('403 ATTEMPT_NOT_LIVE once the attempt is over; nothing runs and nothing is audited', async () => {
+        const other = randomUUID();
+        ENDED.add(`${TASK}:2`);
+        try {
+          const before = (await data.db.query<{ n: number }>('SELECT count(*)::int AS n FROM query_audit')).rows[0]!.n;
+          const r = await post(base, '/v1/task/query', task({ sql: `SELECT '${MARKER}' FROM dataset` }), TASK_H);
+          assertError(r, 403, 'ATTEMPT_NOT_LIVE');
+          assert.equal((await data.db.query<{ n: number }>('SELECT count(*)::int AS n FROM query_audit')).rows[0]!.n, before);
+          // the lease is asked for whatever the statement is
+          assertError(await post(base, '/v1/task/query', task({ sql: 'SELECT 1;;' }), TASK_H), 403, 'ATTEMPT_NOT_LIVE');
+        } finally {
+          ENDED.delete(`${TASK}:2`);
+        }
+        assert.equal((await post(base, '/v1/task/query', task({ lease_token: other }), TASK_H)).status, 200, 'live again');
+        assertError(await post(base, '/v1/task/query', task({ lease_token: 'nope' }), TASK_H), 400, 'INVALID_REQUEST');
       });
     });
 
@@ -339,6 +380,86 @@ for (const backend of BACKENDS) {
         assertError(await post(base, '/v1/query', { dataset: 'blocks', sql: '' }, ALICE_H), 400, 'INVALID_REQUEST');
       });
     });
+
+    describe('several datasets in one query', () => {
+      const ALICE_H = { authorization: 'Bearer alice' };
+      const JOIN = 'SELECT a.name, count(*) AS n FROM a JOIN t USING (id) GROUP BY 1 ORDER BY 1';
+
+      it('users: each dataset is authorized and bound to its own relation; joins work; one audit row per dataset', async () => {
+        const r = await post(base, '/v1/query', { datasets: { a: 'blocks', t: 'tags' }, sql: JOIN }, ALICE_H);
+        assert.equal(r.status, 200, r.text);
+        assert.deepEqual(r.body.rows, [['alpha', '2'], ['gamma', '1']]);
+        const a = await data.db.query<Record<string, unknown>>(
+          `SELECT dataset_name, dataset_id, query_time FROM user_query_audit WHERE result_columns = ARRAY['name', 'n'] ORDER BY dataset_name`);
+        assert.deepEqual(a.rows.map((x) => [x.dataset_name, x.dataset_id]), [['blocks', DS_A], ['tags', DS_TAGS]]);
+        assert.equal(String(a.rows[0]!.query_time), String(a.rows[1]!.query_time), 'the rows of one query share query_time');
+        // names are case-insensitive; CTEs over the relations are fine
+        const cte = await post(base, '/v1/query', { datasets: { Blocks: 'blocks', T: 'tags' }, sql: 'WITH x AS (SELECT id FROM blocks) SELECT count(*) AS n FROM x JOIN t USING (id)' }, ALICE_H);
+        assert.equal(cte.status, 200, cte.text);
+        assert.deepEqual(cte.body.rows, [['3']]);
+        // the same dataset twice under two names
+        assert.equal((await post(base, '/v1/query', { datasets: { x: 'blocks', y: 'blocks' }, sql: 'SELECT count(*) FROM x, y' }, ALICE_H)).status, 200);
+      });
+
+      it('the gate allows exactly the given relation names (and CTEs)', async () => {
+        for (const sql of ['SELECT * FROM dataset', 'SELECT * FROM a JOIN logs USING (id)', 'SELECT * FROM main.a']) {
+          const r = await post(base, '/v1/query', { datasets: { a: 'blocks', t: 'tags' }, sql }, ALICE_H);
+          assertError(r, 400, 'SQL_REJECTED');
+        }
+        // the single-dataset form keeps its relation `dataset` and only that
+        assertError(await post(base, '/v1/query', { dataset: 'blocks', sql: 'SELECT * FROM a' }, ALICE_H), 400, 'SQL_REJECTED');
+      });
+
+      it('400 names the bad relation: pattern, keywords, duplicates, count, both forms', async () => {
+        const bad = async (body: Record<string, unknown>, path: string) => {
+          const r = await post(base, '/v1/query', { sql: 'SELECT 1', ...body }, ALICE_H);
+          assertError(r, 400, 'INVALID_REQUEST');
+          const problems = r.body.problems as Array<{ path: string }>;
+          assert.ok(problems.some((p) => p.path === path), `${path} in ${r.text}`);
+        };
+        await bad({ datasets: { '1x': 'blocks' } }, 'datasets.1x');
+        await bad({ datasets: { 'a-b': 'blocks' } }, 'datasets.a-b');
+        await bad({ datasets: { select: 'blocks' } }, 'datasets.select');
+        await bad({ datasets: { Join: 'blocks' } }, 'datasets.Join');
+        await bad({ datasets: { load: 'blocks' } }, 'datasets.load');
+        await bad({ datasets: { a: 'blocks', A: 'tags' } }, 'datasets.A');
+        await bad({ datasets: { ['x'.repeat(64)]: 'blocks' } }, `datasets.${'x'.repeat(64)}`);
+        await bad({ datasets: {} }, 'datasets');
+        await bad({ datasets: Object.fromEntries(Array.from({ length: 9 }, (_, i) => [`d${i}`, 'blocks'])) }, 'datasets');
+        await bad({ datasets: { a: 'Bad-Name' } }, 'datasets.a');
+        await bad({ dataset: 'blocks', datasets: { a: 'blocks' } }, 'dataset');
+        await bad({}, 'dataset');
+      });
+
+      it('users: every dataset is checked (404, 403) before anything runs', async () => {
+        assertError(await post(base, '/v1/query', { datasets: { a: 'blocks', n: 'nope' }, sql: 'SELECT 1' }, ALICE_H), 404, 'DATASET_NOT_FOUND');
+        assertError(await post(base, '/v1/query', { datasets: { a: 'blocks', f: 'finance' }, sql: 'SELECT 1' }, ALICE_H), 403, 'DATASET_FORBIDDEN');
+        assertError(await post(base, '/v1/query', { datasets: { a: 'blocks', e: 'escape' }, sql: 'SELECT 1' }, ALICE_H), 403, 'STORAGE_OUTSIDE_GRANT');
+      });
+
+      it('users: a PII dataset in a join is logged once, with its name', async () => {
+        const before = (await data.db.query<{ n: number }>(`SELECT count(*)::int AS n FROM pii_access_log WHERE user_id = $1`, [ALICE])).rows[0]!.n;
+        const r = await post(base, '/v1/query', { datasets: { p: 'people', t: 'tags' }, sql: 'SELECT count(*) FROM p JOIN t USING (id)' }, ALICE_H);
+        assert.equal(r.status, 200, r.text);
+        const rows = (await data.db.query<{ dataset: string }>(`SELECT dataset FROM pii_access_log WHERE user_id = $1`, [ALICE])).rows;
+        assert.equal(rows.length, before + 1);
+        assert.ok(rows.some((x) => x.dataset === 'people'));
+      });
+
+      it('tasks: every relation must be a granted dataset; joins work; one audit row per dataset', async () => {
+        const taskId = TASK;
+        const r = await post(base, '/v1/task/query', { task_id: taskId, attempt: 2, datasets: { a: DS_A, t: DS_TAGS }, sql: JOIN }, TASK_H);
+        assert.equal(r.status, 200, r.text);
+        assert.deepEqual(r.body.rows, [['alpha', '2'], ['gamma', '1']]);
+        const a = await data.db.query<{ dataset_id: string }>(`SELECT dataset_id FROM query_audit WHERE task_id = $1 AND result_columns = ARRAY['name', 'n']`, [taskId]);
+        assert.deepEqual(a.rows.map((x) => x.dataset_id).sort(), [DS_A, DS_TAGS].sort());
+        assertError(await post(base, '/v1/task/query', { task_id: taskId, attempt: 2, datasets: { a: DS_A, o: DS_OTHER }, sql: 'SELECT 1' }, TASK_H), 403, 'DATASET_NOT_GRANTED');
+        assertError(await post(base, '/v1/task/query', { task_id: taskId, attempt: 2, datasets: { a: DS_A }, dataset_uuid: DS_A, sql: 'SELECT 1' }, TASK_H), 400, 'INVALID_REQUEST');
+        assertError(await post(base, '/v1/task/query', { task_id: taskId, attempt: 2, datasets: { table: DS_A }, sql: 'SELECT 1' }, TASK_H), 400, 'INVALID_REQUEST');
+        assertError(await post(base, '/v1/task/query', { task_id: taskId, attempt: 2, datasets: { a: 'not-a-uuid' }, sql: 'SELECT 1' }, TASK_H), 400, 'INVALID_REQUEST');
+        assertError(await post(base, '/v1/task/query', { task_id: taskId, attempt: 2, datasets: { a: DS_A, t: DS_TAGS }, sql: 'SELECT * FROM dataset' }, TASK_H), 400, 'SQL_REJECTED');
+      });
+    });
   });
 }
 
@@ -362,12 +483,18 @@ describe('query service limits (pglite)', () => {
   it('504 at the timeout and 429 QUERY_BUSY when the wait queue is full', async () => {
     const app = buildQueryApp(depsFor(fx, data.db, { maxConcurrent: 1, maxQueued: 0, taskTimeoutMs: 1_500 }));
     const base = await listen(app, '127.0.0.1', 0);
+    const pool = executorsOf(app)!;
     try {
+      await pool.ready();
       const slow = post(base, '/v1/task/query', task({ dataset_uuid: DS_BIG, sql: HEAVY }), TASK_H);
-      await new Promise((r) => setTimeout(r, 300));
+      await until(() => pool.stats().busy === 1);
+      const [busyPid] = pool.busyPids();
       assertError(await post(base, '/v1/task/query', task(), TASK_H), 429, 'QUERY_BUSY');
       assertError(await slow, 504, 'QUERY_TIMEOUT');
-      // the slot is free again
+      // The executor that ran it is killed at the deadline, not left computing; a new one replaces it.
+      await until(() => !existsSync(`/proc/${busyPid}`));
+      await pool.ready();
+      assert.ok(!pool.pids().includes(busyPid!));
       assert.equal((await post(base, '/v1/task/query', task(), TASK_H)).status, 200);
     } finally {
       await app.close();
@@ -406,20 +533,5 @@ describe('query service limits (pglite)', () => {
     } finally {
       await app.close();
     }
-  });
-
-  it('semaphore hands slots over in order', async () => {
-    const s = new Semaphore(1, 1);
-    const r1 = await s.acquire();
-    const order: number[] = [];
-    const p2 = s.acquire().then((rel) => { order.push(2); return rel; });
-    await assert.rejects(s.acquire(), (e: unknown) => e instanceof TraceError && e.status === 429);
-    r1();
-    r1(); // double release is harmless
-    const r2 = await p2;
-    assert.deepEqual(order, [2]);
-    assert.equal(s.active, 1);
-    r2();
-    assert.equal(s.active, 0);
   });
 });

@@ -1,18 +1,19 @@
 /**
- * Reuse of locked sandbox instances, per grant. Opening and locking a DuckDB instance costs
- * about 10 ms, far more than a small query; this pool keeps one locked instance per exact file
- * list (a dataset version as resolved at query start) and gives every query its own fresh
- * connection with its own TEMP VIEW `dataset`, closed when the query ends. The next query's
- * connection is opened when the previous one ends, off the request's critical path.
+ * Reuse of locked sandbox instances, per grant, inside one executor process. Opening and locking
+ * a DuckDB instance costs about 10 ms, far more than a small query; this pool keeps one locked
+ * instance per exact grant (relation names and their file lists, dataset versions as resolved at
+ * query start) and gives every query its own fresh connection with its own TEMP VIEWs (one per
+ * relation), closed when the query ends. The next query's connection is opened when the previous
+ * one ends, off the request's critical path.
  *
  * What a reused instance shares between queries, and why that is safe:
  * - Settings are instance-wide and locked (allowed_paths = exactly this file list, no external
  *   access, no extensions); they are read back on a connection opened after the lockdown, so
- *   every later connection is proven to inherit them. A key is the exact file list, so two
- *   grants never share an instance.
- * - Temp objects (the `dataset` view, anything else) belong to the connection and die with it;
- *   the trusted temp view shadows any main-schema object, and gated SQL can only name `dataset`
- *   and its own CTEs, so nothing one query could leave behind is visible to the next.
+ *   every later connection is proven to inherit them. A key is the exact grant (names and file
+ *   lists), so two grants never share an instance.
+ * - Temp objects (the relation views, anything else) belong to the connection and die with it;
+ *   the trusted temp views shadow any main-schema object, and gated SQL can only name the granted
+ *   relations and its own CTEs, so nothing one query could leave behind is visible to the next.
  * - DuckDB's file cache holds bytes of this grant's files only (validated against mtime).
  * - The memory limit and spill directory are per instance, shared by concurrent queries on one
  *   grant.
@@ -23,17 +24,18 @@
  */
 import { rmSync } from 'node:fs';
 import type { DuckDBConnection, DuckDBInstance } from '@duckdb/node-api';
-import { TraceError } from '../core/errors.js';
+import { TraceError } from '../../core/errors.js';
 import {
   applyLockdown,
   attachDataset,
-  checkFiles,
   createInstance,
+  normalizeGrant,
   executeOn,
   makeSpillDir,
   verifyLockdown,
   type EngineGrant,
   type QueryResultSet,
+  type RelationGrant,
   type SandboxLease,
   type SandboxOptions,
   type SandboxProvider,
@@ -48,6 +50,8 @@ export interface SandboxPoolOptions {
 
 interface Entry {
   key: string;
+  relations: readonly RelationGrant[];
+  /** Every file of every relation (sorted, distinct): the allowed paths. */
   files: readonly string[];
   instance: DuckDBInstance;
   tempDir: string;
@@ -89,15 +93,14 @@ export class SandboxPool implements SandboxProvider {
 
   async lease(grant: EngineGrant): Promise<SandboxLease | null> {
     if (this.closed) return null;
-    const files = [...grant.files];
-    checkFiles(files);
+    const { relations, files } = normalizeGrant(grant);
     if (files.some((f) => f.startsWith('s3://'))) return null;
-    const key = JSON.stringify(files);
+    const key = JSON.stringify(relations);
     let entry = this.byKey.get(key);
     if (!entry) {
       let pending = this.opening.get(key);
       if (!pending) {
-        pending = this.open(key, files).finally(() => this.opening.delete(key));
+        pending = this.open(key, relations, files).finally(() => this.opening.delete(key));
         this.opening.set(key, pending);
       }
       entry = await pending;
@@ -134,8 +137,8 @@ export class SandboxPool implements SandboxProvider {
   }
 
   /**
-   * A new connection with its own TEMP VIEW `dataset`, used by exactly one query and closed
-   * after it. Views re-bind at query time, so one opened ahead of time reads the files as they
+   * A new connection with its own TEMP VIEWs (one per relation), used by exactly one query and
+   * closed after it. Views re-bind at query time, so one opened ahead of time reads the files as they
    * are when the query runs.
    */
   private async freshConnection(entry: Entry): Promise<DuckDBConnection> {
@@ -146,7 +149,7 @@ export class SandboxPool implements SandboxProvider {
       fail('connect', e);
     }
     try {
-      await attachDataset(conn!, entry.files);
+      await attachDataset(conn!, entry.relations);
     } catch (e) {
       try { conn!.closeSync(); } catch { /* ignore */ }
       throw e;
@@ -201,7 +204,7 @@ export class SandboxPool implements SandboxProvider {
     }
   }
 
-  private async open(key: string, files: readonly string[]): Promise<Entry> {
+  private async open(key: string, relations: readonly RelationGrant[], files: readonly string[]): Promise<Entry> {
     const tempDir = makeSpillDir(this.sandbox);
     let instance: DuckDBInstance | undefined;
     try {
@@ -222,7 +225,7 @@ export class SandboxPool implements SandboxProvider {
       } finally {
         check.closeSync();
       }
-      const entry: Entry = { key, files, instance, tempDir, active: 0, lastUsed: Date.now(), retired: false, closed: false, spare: undefined };
+      const entry: Entry = { key, relations, files, instance, tempDir, active: 0, lastUsed: Date.now(), retired: false, closed: false, spare: undefined };
       this.live.add(entry);
       this.byKey.set(key, entry);
       if (this.closed) this.retire(entry);

@@ -1,12 +1,14 @@
 /**
- * The DuckDB execution sandbox (defense in depth behind the SQL gate).
+ * The DuckDB execution sandbox (defense in depth behind the SQL gate). It runs inside a query
+ * executor process (README.md in this folder), never in the Query Service itself.
  *
  * A query runs on a locked in-memory DuckDB instance of its own grant: a fresh one
- * (`QuerySandbox`), or one reused for that exact file list by `SandboxPool` (pool.ts) with a
- * fresh connection per query. Trusted code attaches the granted files as the connection's
- * temporary view `dataset` (`read_parquet` over the exact file list, scanned in place), and the
- * instance is locked down before any untrusted SQL runs:
- *   allowed_paths = exactly the granted files; enable_external_access = false; extension
+ * (`QuerySandbox`), or one reused for that exact grant by `SandboxPool` (instances.ts) with a
+ * fresh connection per query. A grant is one or more relations, each a name and an exact file
+ * list; trusted code attaches each as a temporary view of the connection under its name
+ * (`read_parquet` over the exact file list, scanned in place; a single-dataset query's relation
+ * is `dataset`), and the instance is locked down before any untrusted SQL runs:
+ *   allowed_paths = exactly the granted files of all relations; enable_external_access = false; extension
  *   autoinstall/autoload off; a private 0700 temp directory with a size cap; memory and thread
  *   caps; lock_configuration = true; every setting read back and checked.
  * Any failed step fails the query (500 QUERY_SANDBOX_FAILED). The untrusted statement must
@@ -22,12 +24,13 @@
  * S3_UNSUPPORTED. Egress must be restricted to the object store endpoint (ADR 0002). The S3
  * path is not exercised by this repository's tests.
  */
-import { mkdtempSync, rmSync, statSync, accessSync, constants as fsConstants } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { join, isAbsolute } from 'node:path';
 import { DuckDBInstance, StatementType, type DuckDBConnection, type DuckDBPreparedStatement } from '@duckdb/node-api';
-import { TraceError } from '../core/errors.js';
-import { isGatedSql, type GatedSql } from './gate.js';
+import { TraceError } from '../../core/errors.js';
+import { isGatedSql, DATASET_RELATION, type GatedSql } from './gate.js';
+import { MAX_RELATIONS, relationNameProblem } from './relations.js';
+import { defaultTempRoot } from './spill.js';
 import { toJsonValue, type JsonValue } from './values.js';
 
 export const ENGINE_LIMITS = {
@@ -56,9 +59,46 @@ export interface QueryResultSet {
   truncated: boolean;
 }
 
-/** Files of one granted dataset version: absolute local paths or `s3://bucket/key` URLs. */
-export interface EngineGrant {
+/** One granted dataset version under the relation name a query uses for it. */
+export interface RelationGrant {
+  /** A valid relation name (relations.ts), lower case. */
+  name: string;
+  /** Absolute local paths or `s3://bucket/key` URLs. */
   files: string[];
+}
+
+/**
+ * What one query may read: the files of one dataset version as the relation `dataset`, or
+ * several named relations.
+ */
+export type EngineGrant = { files: string[] } | { relations: RelationGrant[] };
+
+/** A grant with its relations sorted by name and the union of their files (sorted, distinct). */
+export interface NormalizedGrant {
+  relations: RelationGrant[];
+  files: string[];
+}
+
+/**
+ * Checks and normalizes a grant: relation names valid and distinct, at most MAX_RELATIONS, every
+ * file an absolute path or s3:// URL, at most ENGINE_LIMITS.maxFiles files in all. Throws 500
+ * QUERY_SANDBOX_FAILED for anything trusted code should never have produced.
+ */
+export function normalizeGrant(grant: EngineGrant): NormalizedGrant {
+  const raw = 'relations' in grant ? grant.relations : [{ name: DATASET_RELATION, files: grant.files }];
+  if (!Array.isArray(raw) || raw.length === 0 || raw.length > MAX_RELATIONS) sandboxFail('relations');
+  const names = new Set<string>();
+  const relations: RelationGrant[] = [];
+  for (const r of raw) {
+    if (typeof r.name !== 'string' || relationNameProblem(r.name) !== undefined || r.name !== r.name.toLowerCase() || names.has(r.name)) sandboxFail('relation name');
+    names.add(r.name);
+    checkFiles(r.files);
+    relations.push({ name: r.name, files: [...r.files] });
+  }
+  relations.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const files = [...new Set(relations.flatMap((r) => r.files))].sort();
+  if (files.length > ENGINE_LIMITS.maxFiles) throw new TraceError(422, 'DATASET_TOO_LARGE', `the datasets have more than ${ENGINE_LIMITS.maxFiles} files`);
+  return { relations, files };
 }
 
 export interface S3Settings {
@@ -75,7 +115,11 @@ export interface SandboxOptions {
   memoryLimit?: string;
   threads?: number;
   maxTempDirectorySize?: string;
-  /** Parent of the per-query spill directory; default /dev/shm when writable, else the OS tmpdir. */
+  /**
+   * Parent of each instance's spill directory. An executor passes its own directory under the
+   * owned spill root (spill.ts); direct callers default to /dev/shm when writable, else the OS
+   * tmpdir.
+   */
   tempRoot?: string;
   s3?: S3Settings;
 }
@@ -170,25 +214,13 @@ export function checkFiles(files: readonly string[]): void {
   }
 }
 
-function defaultTempRoot(): string {
-  try {
-    if (statSync('/dev/shm').isDirectory()) {
-      accessSync('/dev/shm', fsConstants.W_OK);
-      return '/dev/shm';
-    }
-  } catch {
-    // fall through
-  }
-  return tmpdir();
-}
-
 const sandboxFail = (what: string, e?: unknown): never => {
   throw new TraceError(500, 'QUERY_SANDBOX_FAILED', `query sandbox setup failed (${what})`, e === undefined ? {} : { cause: e });
 };
 
 /** A private spill directory for one instance (0700, under tempRoot or /dev/shm). */
 export function makeSpillDir(opts: SandboxOptions): string {
-  return mkdtempSync(join(opts.tempRoot ?? defaultTempRoot(), 'trace-query-'));
+  return mkdtempSync(join(opts.tempRoot ?? defaultTempRoot(), opts.tempRoot ? 'spill-' : 'trace-query-'));
 }
 
 /** A fresh in-memory instance with the sandbox's engine options and one connection. */
@@ -211,17 +243,22 @@ export async function createInstance(opts: SandboxOptions, tempDir: string): Pro
 }
 
 /**
- * Trusted attach: the granted files as the connection's TEMP VIEW `dataset` (`read_parquet`
- * over the exact list, scanned in place). A temp view shadows any main-schema object of the
- * same name. 503 DATASET_UNAVAILABLE / 500 DATASET_ATTACH_FAILED when the files cannot be read.
+ * Trusted attach: each relation's files as a TEMP VIEW of the connection under the relation's
+ * name (`read_parquet` over the exact list, scanned in place). A temp view shadows any
+ * main-schema object of the same name. Names were checked by normalizeGrant (identifiers, not
+ * keywords) and are quoted besides. 503 DATASET_UNAVAILABLE / 500 DATASET_ATTACH_FAILED when the
+ * files cannot be read.
  */
-export async function attachDataset(c: DuckDBConnection, files: readonly string[]): Promise<void> {
-  try {
-    await c.run(`CREATE TEMP VIEW dataset AS SELECT * FROM read_parquet([${files.map(sqlString).join(', ')}])`);
-  } catch (e) {
-    const msg = scrubEngineMessage(errorText(e), files);
-    if (/^(IO|HTTP) Error/.test(errorText(e))) throw new TraceError(503, 'DATASET_UNAVAILABLE', `the dataset could not be read: ${msg}`);
-    throw new TraceError(500, 'DATASET_ATTACH_FAILED', `the dataset could not be attached: ${msg}`);
+export async function attachDataset(c: DuckDBConnection, relations: readonly RelationGrant[]): Promise<void> {
+  for (const r of relations) {
+    try {
+      await c.run(`CREATE TEMP VIEW "${r.name}" AS SELECT * FROM read_parquet([${r.files.map(sqlString).join(', ')}])`);
+    } catch (e) {
+      const msg = scrubEngineMessage(errorText(e), r.files);
+      const which = relations.length > 1 ? ` (relation ${r.name})` : '';
+      if (/^(IO|HTTP) Error/.test(errorText(e))) throw new TraceError(503, 'DATASET_UNAVAILABLE', `the dataset could not be read${which}: ${msg}`);
+      throw new TraceError(500, 'DATASET_ATTACH_FAILED', `the dataset could not be attached${which}: ${msg}`);
+    }
   }
 }
 
@@ -233,17 +270,18 @@ export class QuerySandbox implements SandboxLease {
     private readonly conn: DuckDBConnection,
     private readonly tempDir: string,
     readonly files: readonly string[],
+    readonly relations: readonly string[],
   ) {}
 
   /**
-   * Opens a fresh instance, attaches `files` as the view `dataset` and locks everything down.
+   * Opens a fresh instance, attaches each relation as a view of its name and locks everything
+   * down.
    * Throws 500 QUERY_SANDBOX_FAILED if any hardening step fails, 501 S3_UNSUPPORTED for S3 files
    * without httpfs, 503 DATASET_UNAVAILABLE / 500 DATASET_ATTACH_FAILED when the files cannot be
    * attached.
    */
   static async open(grant: EngineGrant, opts: SandboxOptions = {}): Promise<QuerySandbox> {
-    const files = [...grant.files];
-    checkFiles(files);
+    const { relations, files } = normalizeGrant(grant);
     const tempDir = makeSpillDir(opts);
     let instance: DuckDBInstance | undefined;
     let conn: DuckDBConnection | undefined;
@@ -251,9 +289,9 @@ export class QuerySandbox implements SandboxLease {
       ({ instance, conn } = await createInstance(opts, tempDir));
       const c = conn;
       if (files.some((f) => f.startsWith('s3://'))) await attachS3(c, opts.s3 ?? {});
-      await attachDataset(c, files);
+      await attachDataset(c, relations);
       await lockDown(c, files, tempDir).catch((e: unknown) => sandboxFail('lockdown', e));
-      return new QuerySandbox(instance, c, tempDir, files);
+      return new QuerySandbox(instance, c, tempDir, files, relations.map((r) => r.name));
     } catch (e) {
       try { conn?.closeSync(); } catch { /* ignore */ }
       try { instance?.closeSync(); } catch { /* ignore */ }
@@ -437,6 +475,10 @@ export async function verifyLockdown(c: DuckDBConnection, files: readonly string
  */
 export async function runQuery(input: RunQueryInput): Promise<QueryResultSet> {
   if (!isGatedSql(input.sql)) throw new TraceError(500, 'SQL_NOT_GATED', 'refusing to run SQL that did not pass the SQL gate');
+  const names = normalizeGrant(input.grant).relations.map((r) => r.name);
+  if (names.join(',') !== input.sql.relations.join(',')) {
+    throw new TraceError(500, 'SQL_NOT_GATED', 'refusing to run SQL gated for other relations than the ones attached');
+  }
   const timeoutMs = Math.max(1, input.timeoutMs ?? ENGINE_LIMITS.timeoutMs);
   let timedOut = false;
   let sandbox: SandboxLease | undefined;
@@ -459,8 +501,9 @@ export async function runQuery(input: RunQueryInput): Promise<QueryResultSet> {
       if (input.maxBytes !== undefined) opts.maxBytes = input.maxBytes;
       return await sandbox.execute(input.sql.sql, opts);
     } catch (e) {
-      // A reused instance is retired after anything but a plain user error.
-      discard = timedOut || !(e instanceof TraceError) || e.status >= 500;
+      // A reused instance is retired after anything but a plain user error (an engine that ran
+      // out of memory is retired too).
+      discard = timedOut || !(e instanceof TraceError) || e.status >= 500 || e.code === 'QUERY_RESOURCE_LIMIT';
       if (timedOut) throw timeoutError(timeoutMs);
       throw e;
     } finally {
