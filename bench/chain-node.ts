@@ -1,4 +1,4 @@
-// The dev chain of the chain benchmark in its own process (its own core): ganache with an
+// The dev chain of the chain benchmark in its own process (its own core): anvil with an
 // ERC-20-like token and transfers sprinkled over the history. Prints {url, head, txs} once
 // ready and runs until SIGTERM. Args: BLOCKS TX_BLOCKS TX_PER_BLOCK.
 import { buildHistory, startDevChain } from '../test/chain-sync/support.js';

@@ -3,7 +3,7 @@
  * end to end (a fixed_target chain_sync of blocks, transactions and logs: planner, outbox,
  * pgqueue, claims, cryo_ingest through the RPC egress gateway, DuckDB/Parquet, verified
  * commit, views), beside the raw JSON-RPC fetch rate of the same blocks from the same node in
- * the same run. Deployed as in production: the node (ganache), the RPC gateway and the
+ * the same run. Deployed as in production: the node (anvil), the RPC gateway and the
  * workers are their own processes; the Dispatcher runs here on real Postgres
  * (TRACE_TEST_PG_URL).
  *
@@ -188,7 +188,7 @@ export async function chainBench(): Promise<void> {
     const end = BLOCKS;
     const txs = info.txs;
     const common = { bench: 'chain', blocks: end, transactions: txs, chunk_size: CHUNK, worker_processes: WORKERS, worker_concurrency: CONCURRENCY,
-      streams: 'blocks,transactions,logs', node: 'ganache 7', backend: 'postgres' };
+      streams: 'blocks,transactions,logs', node: 'anvil 1.7', backend: 'postgres' };
     await rawFetch(info.url, end, true); // warm the node (JIT, caches): raw passes keep speeding up otherwise
     const min = await rawFetch(info.url, end, false);
     // The same raw fetch through the RPC egress gateway (the only path operators have): what the hop itself costs here.

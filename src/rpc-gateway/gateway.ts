@@ -5,6 +5,7 @@ import { DEFAULTS, DEFAULT_PORTS, readEnv } from '../core/config.js';
 import { createLogger, type Logger } from '../core/log.js';
 import { classifyRpcError, isJsonRpcRequest, isJsonRpcResponse, jsonRpcRequestSchema } from '../chain/jsonrpc.js';
 import { HttpTransportError, httpRequestRaw, type HttpRawResult } from '../core/http-client.js';
+import { methodAwareNotFound } from '../core/http.js';
 import { Limiter } from './limiter.js';
 import { DEFAULT_HEALTH, type HealthPolicy, type Provider, ProviderPool, parseRetryAfter } from './providers.js';
 
@@ -178,7 +179,9 @@ export function buildRpcGateway(opts: RpcGatewayOptions): FastifyInstance {
     log.error({ err: { name: err.name, code: err.code } }, 'rpc gateway internal error');
     return reply.code(500).send({ error: 'internal error', code: 'INTERNAL' });
   });
-  app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: 'not found', code: 'NOT_FOUND' }));
+  // JSON-RPC bodies are JSON: anything else (Fastify's default text/plain included) is 415.
+  app.removeContentTypeParser('text/plain');
+  methodAwareNotFound(app);
 
   async function attempt(p: Provider, body: string): Promise<{ status: number; body: Buffer }> {
     let res: HttpRawResult;

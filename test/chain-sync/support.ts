@@ -1,5 +1,5 @@
 /**
- * Shared pieces of the chain sync tests: a ganache dev chain with ERC-20-like transfers, a
+ * Shared pieces of the chain sync tests: an anvil dev chain with ERC-20-like transfers, a
  * JSON-RPC proxy that can be slowed down or broken, the RPC egress gateway, a Dispatcher with
  * the chain_sync plugin, in-process workers running `cryo_ingest`, and DuckDB checks of the
  * committed Parquet against what the chain reports.
@@ -7,7 +7,6 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import ganache from 'ganache';
 import { DuckDBInstance } from '@duckdb/node-api';
 import type { Db } from '../../src/db/db.js';
 import { PgQueue } from '../../src/queue/pgqueue.js';
@@ -30,7 +29,8 @@ import type { Operator } from '../../src/operators/types.js';
 
 import { TEST_SECRETS, testDispatcherDeps } from '../support/dispatcher.js';
 import { post, type Lease } from '../support/drive.js';
-import { tokenInitCode, word } from '../chain/ganache_chain.js';
+import { tokenInitCode, word } from '../chain/dev_chain.js';
+import { startDevChain as startNode } from '../../src/lite/devchain.js';
 import { jsonRpcServer, type TestServer } from '../chain/support.js';
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -62,30 +62,20 @@ export interface DevChain {
   close(): Promise<void>;
 }
 
-export async function startDevChain(chainId = 1337): Promise<DevChain> {
-  const server = ganache.server({
-    logging: { quiet: true },
-    chain: { chainId },
-    wallet: { deterministic: true, totalAccounts: 4, defaultBalance: 1_000_000 },
-  });
-  await server.listen(0, '127.0.0.1');
-  const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
-  let id = 1;
-  const call = async <T>(method: string, params: unknown[] = []): Promise<T> => {
-    const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ jsonrpc: '2.0', id: id++, method, params }) });
-    const body = (await res.json()) as { result?: T; error?: { message: string } };
-    if (body.error) throw new Error(`${method}: ${body.error.message}`);
-    return body.result as T;
-  };
+/** Two chains with different `genesisTimestamp`s (default: now) have different genesis blocks. */
+export async function startDevChain(chainId = 1337, opts: { genesisTimestamp?: number } = {}): Promise<DevChain> {
+  const node = await startNode({ chainId, accounts: 4, ...opts });
+  const { url } = node;
+  const call = <T>(method: string, params: unknown[] = []): Promise<T> => node.call<T>(method, params);
   const accounts = await call<string[]>('eth_accounts');
   const deploy = await call<string>('eth_sendTransaction', [{ from: accounts[0], data: tokenInitCode(), gas: '0x493e0' }]);
-  const token = (await call<{ contractAddress: string }>('eth_getTransactionReceipt', [deploy])).contractAddress;
-  await call('miner_stop');
+  const token = (await node.receipt<{ contractAddress: string }>(deploy)).contractAddress;
+  await node.setAutomine(false);
   let n = 0;
   return {
     url, chainId, token, accounts, call,
     async head() { return Number(BigInt(await call<string>('eth_blockNumber'))); },
-    async mineEmpty(k) { if (k > 0) await call('evm_mine', [{ blocks: k }]); },
+    async mineEmpty(k) { if (k > 0) await node.mine(k); },
     async mineTransfers(k) {
       for (let i = 0; i < k; i++) {
         const from = accounts[n % 3]!;
@@ -95,7 +85,7 @@ export async function startDevChain(chainId = 1337): Promise<DevChain> {
       }
       await call('evm_mine');
     },
-    close: () => server.close(),
+    close: () => node.close(),
   };
 }
 
@@ -112,12 +102,12 @@ export async function buildHistory(chain: DevChain, blocks: number, txBlocks = 2
 }
 
 /**
- * A pass-through JSON-RPC proxy that can add latency, fail every request (`broken`), or fail
+ * A pass-through JSON-RPC proxy that can add latency, fail every request (`broken`), fail
  * only requests that call one of `failMethods` (e.g. `eth_blockNumber`: a head that cannot be
- * observed while block data still flows).
+ * observed while block data still flows), or be pointed at another node (`target`).
  */
-export async function rpcProxy(target: string): Promise<TestServer & { delayMs: number; broken: boolean; failMethods: Set<string> }> {
-  const state = { delayMs: 0, broken: false };
+export async function rpcProxy(target: string): Promise<TestServer & { delayMs: number; broken: boolean; target: string; failMethods: Set<string> }> {
+  const state = { delayMs: 0, broken: false, target };
   const failMethods = new Set<string>();
   const s = await jsonRpcServer({
     before: async (reqs, res) => {
@@ -130,7 +120,7 @@ export async function rpcProxy(target: string): Promise<TestServer & { delayMs: 
       return false;
     },
     answer: async (method, params) => {
-      const r = await fetch(target, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method, params }) });
+      const r = await fetch(state.target, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method, params }) });
       const b = (await r.json()) as { result?: unknown; error?: { code: number; message: string } };
       return b.error ? { error: b.error } : { result: b.result };
     },
@@ -138,9 +128,10 @@ export async function rpcProxy(target: string): Promise<TestServer & { delayMs: 
   Object.defineProperties(s, {
     delayMs: { get: () => state.delayMs, set: (v: number) => { state.delayMs = v; } },
     broken: { get: () => state.broken, set: (v: boolean) => { state.broken = v; } },
+    target: { get: () => state.target, set: (v: string) => { state.target = v; } },
     failMethods: { value: failMethods },
   });
-  return s as typeof s & { delayMs: number; broken: boolean; failMethods: Set<string> };
+  return s as typeof s & { delayMs: number; broken: boolean; target: string; failMethods: Set<string> };
 }
 
 // ---------------------------------------------------------------------------------------------

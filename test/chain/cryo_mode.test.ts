@@ -48,8 +48,20 @@ before(async () => {
   await ingestRange({ chainId: 1, datasets: ['blocks', 'logs'], start: 1000, end: 1010, outDir: source, mode: 'fake' });
   stub = await writeStub(join(work, 'cryo-ok'), 'ok');
   process.env.STUB_SOURCE = source;
-  // stands in for the gateway: the ingest checks eth_chainId before running cryo
-  gateway = await jsonRpcServer({ answer: (m) => (m === 'eth_chainId' ? { result: '0x1' } : { error: { code: -32601, message: 'no' } }) });
+  // stands in for the gateway: the ingest checks eth_chainId before running cryo, and reads the
+  // chain's boundaries (genesis, head, first and last block) for the manifest after it
+  const hash = (n: number) => `0x${n.toString(16).padStart(64, '0')}`;
+  gateway = await jsonRpcServer({
+    answer: (m, params) => {
+      if (m === 'eth_chainId') return { result: '0x1' };
+      if (m === 'eth_getBlockByNumber') {
+        const tag = String((params as unknown[])[0]);
+        const n = tag === 'latest' ? 2000 : Number.parseInt(tag.slice(2), 16);
+        return { result: { number: `0x${n.toString(16)}`, hash: hash(n + 1), parentHash: hash(n) } };
+      }
+      return { error: { code: -32601, message: 'no' } };
+    },
+  });
   gatewayUrl = gateway.url;
 });
 
@@ -67,6 +79,8 @@ test('cryo is invoked as `cryo <datasets> --rpc <gateway pool url> --blocks star
   const outDir = join(work, 'out-ok');
   const r = await ingestRange({ rpc, chainId: 1, datasets: ['blocks', 'logs'], start: 1000, end: 1010, outDir, mode: 'cryo', cryoBin: stub });
   rpc.close();
+  const h = (n: number) => `0x${n.toString(16).padStart(64, '0')}`;
+  assert.deepEqual(r.manifest.chain, { genesis_hash: h(1), head_block: 2000, first_parent_hash: h(1000), last_block_hash: h(1010) }, 'the manifest records the chain view');
   const args = JSON.parse(await readFile(argsFile, 'utf8')) as string[];
   assert.deepEqual(args, ['blocks', 'logs', '--rpc', `${gatewayUrl}/rpc/standard`, '--blocks', '1000:1010', '--output-dir', outDir]);
   assert.deepEqual(cryoArgs({ datasets: ['logs'], rpcUrl: 'u', start: 0, end: 5, outDir: '/o' }), ['logs', '--rpc', 'u', '--blocks', '0:5', '--output-dir', '/o']);

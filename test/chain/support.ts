@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { DuckDBInstance } from '@duckdb/node-api';
 
-/** Shared helpers for chain tests: tiny JSON-RPC servers, a ganache chain, DuckDB reads. */
+/** Shared helpers for chain tests: tiny JSON-RPC servers, a dev chain, DuckDB reads. */
 
 export interface TestServer {
   url: string;

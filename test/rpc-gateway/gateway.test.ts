@@ -137,7 +137,7 @@ test('unknown pool is 404 {error, code}; healthz and pool listing expose no URLs
 
     const other = await fetch(`${gw.url}/nope`);
     assert.equal(other.status, 404);
-    assert.deepEqual(await other.json(), { error: 'not found', code: 'NOT_FOUND' });
+    assert.deepEqual(await other.json(), { error: 'no such route', code: 'NOT_FOUND' });
   } finally {
     await gw.close();
     await live.close();

@@ -12,7 +12,8 @@
  *   stays published. A stream added later starts at `from_block`.
  */
 import type { Db, Queryable } from '../../db/db.js';
-import { notFound } from '../../core/errors.js';
+import { notFound, TraceError } from '../../core/errors.js';
+import type { ChainCheck } from './identity.js';
 import { newId } from '../../core/ids.js';
 import { chainSyncInvalid, parseChainSyncYaml, type ChainSyncSpec } from './spec.js';
 import {
@@ -230,16 +231,33 @@ export async function redriveDeadRanges(q: Queryable, jobId: string): Promise<nu
   return n;
 }
 
-/** Resume: planning continues; ranges whose task gave up are re-planned. */
-export async function resumeChainSync(db: Db, orgId: string, nameOrId: string): Promise<{ job_id: string; name: string; paused: boolean; redriven: number }> {
+/**
+ * Resume: planning continues; ranges whose task gave up are re-planned. A job halted by a chain
+ * check (identity.ts) is checked again first: the halt is cleared only when the check passes;
+ * otherwise the answer is 409 with the check's code (the halt reason is updated) or 503
+ * `CHAIN_CHECK_UNAVAILABLE` when the node cannot be asked, and nothing else changes.
+ */
+export async function resumeChainSync(db: Db, orgId: string, nameOrId: string, opts: { checkChain?: (jobId: string) => Promise<ChainCheck> } = {}): Promise<{ job_id: string; name: string; paused: boolean; redriven: number; halt_cleared: boolean }> {
   const job = await findJob(db, orgId, nameOrId);
   if (!job) throw notFound(`no chain sync named ${nameOrId}`, 'CHAIN_SYNC_NOT_FOUND');
+  const halted = (await db.query<{ halt_code: string | null }>(`SELECT halt_code FROM chain_sync_jobs WHERE job_id = $1`, [job.job_id])).rows[0]?.halt_code ?? null;
+  if (halted !== null) {
+    const check: ChainCheck = opts.checkChain ? await opts.checkChain(job.job_id) : { status: 'unavailable', message: 'no chain check is available in this process' };
+    if (check.status === 'mismatch') {
+      await db.query(`UPDATE chain_sync_jobs SET halt_code = $2, halt_reason = $3, halted_at = now(), updated_at = now() WHERE job_id = $1 AND halt_code IS NOT NULL`,
+        [job.job_id, check.code, check.message.slice(0, 1000)]);
+      throw new TraceError(409, check.code, `chain sync ${job.name} stays halted: ${check.message}`);
+    }
+    if (check.status === 'unavailable') {
+      throw new TraceError(503, 'CHAIN_CHECK_UNAVAILABLE', `chain sync ${job.name} stays halted: its chain could not be checked (${check.message})`);
+    }
+  }
   const redriven = await db.tx(async (q) => {
-    await q.query(`UPDATE chain_sync_jobs SET enabled = true, last_error = NULL, updated_at = now() WHERE job_id = $1`, [job.job_id]);
+    await q.query(`UPDATE chain_sync_jobs SET enabled = true, last_error = NULL, halt_code = NULL, halt_reason = NULL, halted_at = NULL, updated_at = now() WHERE job_id = $1`, [job.job_id]);
     await q.query(`SELECT 1 FROM chain_sync_streams WHERE job_id = $1 ORDER BY dataset_key FOR UPDATE`, [job.job_id]);
     return redriveDeadRanges(q, job.job_id);
   });
-  return { ...job, paused: false, redriven };
+  return { ...job, paused: false, redriven, halt_cleared: halted !== null };
 }
 
 /** The task trigger of a planned range (the operator reads range_start/range_end). */

@@ -19,13 +19,14 @@ import type { Db, Queryable } from '../../db/db.js';
 import { TraceError } from '../../core/errors.js';
 import { canonicalJson, sha256Hex } from '../../core/ids.js';
 import type { Logger } from '../../core/log.js';
-import { ingestManifestSchema, MANIFEST_FILE, SUCCESS_FILE, type IngestManifest } from '../../operators/cryo_ingest/manifest.js';
+import { ingestManifestSchema, MANIFEST_FILE, SUCCESS_FILE, type IngestManifest, type ManifestChain } from '../../operators/cryo_ingest/manifest.js';
 import { attemptPrefix, cryoIngestConfigSchema, datasetPrefix, rangeDatasetVersion, type CryoIngestConfig } from '../../operators/cryo_ingest/payload.js';
 import { storageRefFor, type ObjectStore } from '../../operators/cryo_ingest/store.js';
 import { CHAIN_SYNC_DAG_PREFIX, CRYO_INGEST_OPERATOR, viewVersion } from './ids.js';
 import { PUBLISH_VERSION } from '../tasks/complete.js';
 import { redriveRange } from './apply.js';
 import { rangeOfTask } from './compaction.js';
+import { checkRangeChain, haltJob, isChainCheckError, recordIdentity } from './identity.js';
 
 /** The job fields this module reads (a JobRow satisfies it). */
 export interface ChainSyncJobLike {
@@ -69,6 +70,8 @@ export interface VerifiedRange {
   files: string[];
   row_count: number;
   bytes: number;
+  /** What the chain looked like to the worker (identity.ts checks it before the commit). */
+  chain: ManifestChain | undefined;
 }
 
 export const isChainSyncJob = (job: Pick<ChainSyncJobLike, 'operator' | 'dag_name'>): boolean =>
@@ -162,7 +165,7 @@ export async function verifyChainSyncCompletion(
   return {
     kind: range.kind, job_id: range.job_id, dataset_key: range.dataset_key, dataset_uuid: cfg.dataset_uuid, chain_id: cfg.chain_id, config_hash: cfg.config_hash,
     task_id: task.id, range_start: start, range_end: end, dataset_version: p.dataset_version, storage_ref: expectedRef,
-    files: m.files.map((f) => `${rel}${f.path}`), row_count: rows, bytes: m.bytes,
+    files: m.files.map((f) => `${rel}${f.path}`), row_count: rows, bytes: m.bytes, chain: m.chain,
   };
 }
 
@@ -173,12 +176,12 @@ ON CONFLICT (dataset_uuid, dataset_version, partition_key) DO NOTHING`;
 
 const COMPLETE_RANGE = `
 UPDATE chain_sync_scheduled_ranges SET status = 'completed', dataset_version = $5, files = $6::jsonb, row_count = $7, bytes = $8,
-  completed_at = now(), updated_at = now()
+  first_parent_hash = $9, last_block_hash = $10, completed_at = now(), updated_at = now()
 WHERE job_id = $1 AND dataset_key = $2 AND range_start = $3 AND task_id = $4 AND status = 'scheduled'`;
 
 const COMPLETE_COMPACTION = `
 UPDATE chain_sync_compactions SET status = 'completed', dataset_version = $5, files = $6::jsonb, row_count = $7, bytes = $8,
-  completed_at = now(), updated_at = now()
+  first_parent_hash = $9, last_block_hash = $10, completed_at = now(), updated_at = now()
 WHERE job_id = $1 AND dataset_key = $2 AND range_start = $3 AND task_id = $4 AND status = 'scheduled'`;
 
 /** Locks the stream row: commits, views and planning of one stream take turns. */
@@ -187,7 +190,7 @@ export async function lockStream(q: Queryable, jobId: string, datasetKey: string
 }
 
 /**
- * Registers one verified range (the caller holds the stream lock). Idempotent: a range already
+ * Registers one verified range (the caller holds the stream lock and ran `checkRangeChain`). Idempotent: a range already
  * completed is left alone and returns false. A dataset version that exists with another
  * storage, hash or range is a conflict (409), never silently replaced.
  */
@@ -201,8 +204,10 @@ export async function commitRange(q: Queryable, v: VerifiedRange): Promise<boole
     throw new TraceError(409, 'PUBLICATION_CONFLICT', `dataset version ${v.dataset_version} is already registered with other storage; refusing to replace it`);
   }
   const done = await q.query(v.kind === 'compaction' ? COMPLETE_COMPACTION : COMPLETE_RANGE,
-    [v.job_id, v.dataset_key, v.range_start, v.task_id, v.dataset_version, JSON.stringify(v.files), v.row_count, v.bytes]);
+    [v.job_id, v.dataset_key, v.range_start, v.task_id, v.dataset_version, JSON.stringify(v.files), v.row_count, v.bytes,
+      v.chain?.first_parent_hash ?? null, v.chain?.last_block_hash ?? null]);
   if (done.rowCount === 0) return false;
+  if (v.chain) await recordIdentity(q, v.job_id, v.chain_id, v.chain);
   await q.query(RECORD_PARTITION, [v.dataset_uuid, v.dataset_version, `${v.range_start}-${v.range_end}`, v.config_hash, location, v.row_count, v.bytes]);
   return true;
 }
@@ -275,6 +280,7 @@ export function chainSyncCompletionHook(store: ObjectStore) {
     const v = await verifyChainSyncCompletion(q, store, task, job, c);
     if (!v) return false;
     await lockStream(q, v.job_id, v.dataset_key);
+    await checkRangeChain(q, v);
     if (await commitRange(q, v)) await publishView(q, store, v.job_id, v.dataset_key);
     return true;
   };
@@ -345,13 +351,26 @@ export async function commitCompletedRanges(
   let committed = 0;
   for (const s of byStream.values()) {
     if (s.ranges.length === 0) continue;
-    committed += await db.tx(async (q) => {
-      await lockStream(q, s.job_id, s.dataset_key);
-      let n = 0;
-      for (const v of s.ranges) if (await commitRange(q, v)) n++;
-      if (n > 0) await publishView(q, store, s.job_id, s.dataset_key);
-      return n;
-    });
+    try {
+      committed += await db.tx(async (q) => {
+        await lockStream(q, s.job_id, s.dataset_key);
+        let n = 0;
+        for (const v of s.ranges) {
+          await checkRangeChain(q, v);
+          if (await commitRange(q, v)) n++;
+        }
+        if (n > 0) await publishView(q, store, s.job_id, s.dataset_key);
+        return n;
+      });
+    } catch (e) {
+      // Another chain (or a halted job): nothing of this stream is committed; the job halts.
+      if (isChainCheckError(e)) {
+        await haltJob(db, s.job_id, e.code, e.message);
+        opts.log?.error({ chain_sync_job_id: s.job_id, dataset_key: s.dataset_key, code: e.code, err: e.message }, 'chain sync halted: a completed range belongs to another chain');
+      } else if (!(e instanceof TraceError && e.code === 'CHAIN_SYNC_HALTED')) {
+        throw e;
+      }
+    }
   }
   return committed;
 }

@@ -19,6 +19,7 @@ import { chainSyncRoutes } from './routes.js';
 import { markCompleted, planAll, planStream } from './planner.js';
 import { chainSyncCompletionHook, commitCompletedRanges, type ChainSyncJobLike, type ChainSyncTaskLike, type PublicationLike } from './commit.js';
 import { observeHeads } from './head.js';
+import { checkBeforePlanning, checkJobChain } from './identity.js';
 
 export { applyChainSync, pauseChainSync, resumeChainSync, type ApplyResult } from './apply.js';
 export { chainSyncStatus, type JobStatus, type StreamStatus } from './status.js';
@@ -26,6 +27,7 @@ export { parseChainSyncYaml, validateChainSync, type ChainSyncSpec } from './spe
 export { verifyChainSyncCompletion, chainSyncCompletionHook, commitCompletedRanges, isChainSyncJob, type VerifiedRange } from './commit.js';
 export { planAll, planStream } from './planner.js';
 export { observeHeads } from './head.js';
+export { checkJobChain, checkRangeChain, CHAIN_CHECK_CODES, type ChainCheck } from './identity.js';
 export { chainSyncDatasetUuid, chainSyncJobId } from './ids.js';
 
 export interface ChainSyncPluginOptions {
@@ -38,6 +40,8 @@ export interface ChainSyncPluginOptions {
   /** Head observer tick (each pool is observed at its own head_poll_interval_seconds). Default 250 ms. */
   headTickMs?: number;
   headTimeoutMs?: number;
+  /** Timeout of the chain identity check of a planning round or a resume. Default 5000 ms. */
+  chainCheckTimeoutMs?: number;
 }
 
 export type CompletionHook = (q: Queryable, task: ChainSyncTaskLike, job: ChainSyncJobLike, c: { status: string; datasets_published: readonly PublicationLike[] }) => Promise<boolean>;
@@ -78,9 +82,24 @@ export function chainSyncPlugin(opts: ChainSyncPluginOptions = {}): ChainSyncPlu
       [jobId, datasetKey, `planning: ${msg}`.slice(0, 1000)]).catch(() => undefined);
   };
 
+  // Each planning round first checks the chain behind the job's pools (identity.ts); a mismatch
+  // halts the job, so the planner below skips it. A wake-up after a completion reuses a check
+  // that passed less than one planner interval ago (every commit is checked on its own).
+  const passedAt = new Map<string, number>();
+  const checkJob = async (c: DispatcherContext, jobId: string, reuseMs = 0): Promise<void> => {
+    if (reuseMs > 0 && Date.now() - (passedAt.get(jobId) ?? 0) < reuseMs) return;
+    passedAt.delete(jobId);
+    const r = await checkBeforePlanning(c.deps.state, jobId, gatewayUrl(), opts.chainCheckTimeoutMs);
+    if (r.status === 'ok') passedAt.set(jobId, Date.now());
+    if (r.status === 'mismatch') c.deps.log.error({ chain_sync_job_id: jobId, code: r.code, err: r.message }, 'chain sync halted');
+    else if (r.status === 'unavailable') c.deps.log.debug({ chain_sync_job_id: jobId, err: r.message }, 'chain check skipped this round');
+  };
+  const PLANNABLE_JOBS = `SELECT job_id FROM chain_sync_jobs WHERE enabled AND completed_at IS NULL AND halt_code IS NULL AND genesis_hash IS NOT NULL ORDER BY name`;
+
   async function passAll(c: DispatcherContext): Promise<number> {
     const db = c.deps.state;
     await commitCompletedRanges(db, getStore(), (id) => c.jobs.get(id), { log: c.deps.log });
+    for (const j of (await db.query<{ job_id: string }>(PLANNABLE_JOBS)).rows) await checkJob(c, j.job_id);
     const planned = await planAll(db, recordError);
     if (planned > 0) c.kickOutbox();
     return planned;
@@ -90,6 +109,7 @@ export function chainSyncPlugin(opts: ChainSyncPluginOptions = {}): ChainSyncPlu
     const db = c.deps.state;
     await commitCompletedRanges(db, getStore(), (id) => c.jobs.get(id), { stream: s, log: c.deps.log });
     try {
+      await checkJob(c, s.job_id, opts.plannerIntervalMs ?? 1000);
       const r = await planStream(db, s.job_id, s.dataset_key);
       if (r.planned + r.compactions > 0) c.kickOutbox();
     } catch (e) {
@@ -144,7 +164,7 @@ export function chainSyncPlugin(opts: ChainSyncPluginOptions = {}): ChainSyncPlu
     routes(app: FastifyInstance, c: DispatcherContext) {
       ctx = c;
       stopped = false;
-      chainSyncRoutes(app, c, { store: getStore, wake });
+      chainSyncRoutes(app, c, { store: getStore, wake, checkChain: (jobId) => checkJobChain(c.deps.state, jobId, gatewayUrl(), opts.chainCheckTimeoutMs) });
       app.addHook('onClose', async () => {
         stopped = true;
         await draining;

@@ -9,7 +9,8 @@
  * Targets (end exclusive): `fixed_target` plans up to `to_block`; `follow_head` up to
  * `max(from_block, observed_head + 1 - tail_lag)` and plans nothing (with a reason in
  * `blocked_reason`) while the observation of `(org, chain, rpc_pool)` is missing or older than
- * `max_head_age_seconds`. Paused jobs, removed streams and completed jobs plan nothing.
+ * `max_head_age_seconds`. Paused, halted (identity.ts) and completed jobs and removed streams
+ * plan nothing.
  *
  * Ranges never cross the chunk grid (`from_block + k * chunk_size`), so a follow_head window of
  * small ranges can later be compacted whole (compaction.ts, in the same transaction).
@@ -41,12 +42,13 @@ interface StreamPlanRow {
   max_head_age_seconds: number | null;
   completed_at: Date | null;
   compacted_through: number | null;
+  halt_code: string | null;
 }
 
 const LOCK_STREAM = `
 SELECT s.job_id, s.dataset_key, s.task_job_id, s.chunk_size, s.max_inflight, s.rpc_pool, s.active, s.blocked_reason,
        c.next_block, j.org_id, j.name, j.chain_id, j.enabled, j.mode, j.from_block, j.to_block, j.tail_lag,
-       j.max_head_age_seconds, j.completed_at, c.compacted_through
+       j.max_head_age_seconds, j.completed_at, c.compacted_through, j.halt_code
 FROM chain_sync_streams s
 JOIN chain_sync_cursor c ON c.job_id = s.job_id AND c.dataset_key = s.dataset_key
 JOIN chain_sync_jobs j ON j.job_id = s.job_id
@@ -108,7 +110,7 @@ export async function planningTarget(q: Queryable, s: Pick<StreamPlanRow, 'mode'
 export async function planStream(db: Db, jobId: string, datasetKey: string, opts: PlanOptions = {}): Promise<PlanResult> {
   return db.tx(async (q) => {
     const s = (await q.query<StreamPlanRow>(LOCK_STREAM, [jobId, datasetKey])).rows[0];
-    if (!s || !s.enabled || !s.active || s.completed_at !== null) return { planned: 0, blocked: null, compactions: 0 };
+    if (!s || !s.enabled || !s.active || s.completed_at !== null || s.halt_code !== null) return { planned: 0, blocked: null, compactions: 0 };
     const r = await planRanges(q, s, opts.limit ?? Infinity);
     const compactions = s.mode === 'follow_head' && opts.compact !== false
       ? await planCompaction(q, { ...s, next_block: r.cursor })
@@ -172,7 +174,7 @@ export async function markCompleted(q: Queryable, jobId: string | null = null): 
 const PLANNABLE = `
 SELECT s.job_id, s.dataset_key FROM chain_sync_streams s JOIN chain_sync_jobs j ON j.job_id = s.job_id
 JOIN chain_sync_cursor c ON c.job_id = s.job_id AND c.dataset_key = s.dataset_key
-WHERE j.enabled AND j.completed_at IS NULL AND s.active
+WHERE j.enabled AND j.completed_at IS NULL AND j.halt_code IS NULL AND s.active
 ORDER BY c.next_block, j.name, s.dataset_key`;
 
 /**

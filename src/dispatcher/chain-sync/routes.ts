@@ -16,7 +16,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { notFound, payloadTooLarge, badRequest } from '../../core/errors.js';
-import { header, parseInput } from '../../core/http.js';
+import { header, parseInput, withYamlBodies } from '../../core/http.js';
 import { bindTaskRequest } from '../../auth/capability.js';
 import type { DispatcherContext } from '../service.js';
 import { requireAdmin, type Principal } from '../identity.js';
@@ -27,11 +27,14 @@ import { applyChainSync, pauseChainSync, resumeChainSync } from './apply.js';
 import { chainSyncStatus } from './status.js';
 import { CHAIN_SYNC_LIMITS } from './spec.js';
 import { isChainSyncJob, verifyChainSyncCompletion } from './commit.js';
+import { checkRangeChain, haltJob, isChainCheckError, type ChainCheck } from './identity.js';
 
 export interface RouteRuntime {
   store(): ObjectStore;
   /** Something changed for this stream (or for everything): commit and plan now. */
   wake(stream?: { job_id: string; dataset_key: string }): void;
+  /** The live chain check of a job (identity.ts), as resume runs it on a halted job. */
+  checkChain(jobId: string): Promise<ChainCheck>;
 }
 
 const nameParam = z.union([
@@ -48,17 +51,20 @@ export function chainSyncRoutes(app: FastifyInstance, ctx: DispatcherContext, rt
     return p;
   };
 
-  app.post('/v1/chain-sync', async (req, reply) => {
-    const p = await admin(req);
-    let yaml: string;
-    if (typeof req.body === 'string') yaml = req.body;
-    else yaml = parseInput(z.strictObject({ yaml: z.string() }), req.body).yaml;
-    if (Buffer.byteLength(yaml) > CHAIN_SYNC_LIMITS.maxYamlBytes) throw payloadTooLarge(`chain sync YAML is larger than ${CHAIN_SYNC_LIMITS.maxYamlBytes} bytes`);
-    if (yaml.trim() === '') throw badRequest('chain sync YAML is empty', 'YAML_MALFORMED');
-    const r = await applyChainSync(deps.state, p.org_id, p.user_id, yaml);
-    req.log.info({ org_id: p.org_id, chain_sync: r.name, job_id: r.job_id, created: r.created, changed: r.changed }, 'chain sync applied');
-    if (r.changed) rt.wake();
-    return reply.status(r.created ? 201 : 200).send(r);
+  // YAML (or JSON {yaml}) bodies.
+  withYamlBodies(app, (scope) => {
+    scope.post('/v1/chain-sync', async (req, reply) => {
+      const p = await admin(req);
+      let yaml: string;
+      if (typeof req.body === 'string') yaml = req.body;
+      else yaml = parseInput(z.strictObject({ yaml: z.string() }), req.body).yaml;
+      if (Buffer.byteLength(yaml) > CHAIN_SYNC_LIMITS.maxYamlBytes) throw payloadTooLarge(`chain sync YAML is larger than ${CHAIN_SYNC_LIMITS.maxYamlBytes} bytes`);
+      if (yaml.trim() === '') throw badRequest('chain sync YAML is empty', 'YAML_MALFORMED');
+      const r = await applyChainSync(deps.state, p.org_id, p.user_id, yaml);
+      req.log.info({ org_id: p.org_id, chain_sync: r.name, job_id: r.job_id, created: r.created, changed: r.changed }, 'chain sync applied');
+      if (r.changed) rt.wake();
+      return reply.status(r.created ? 201 : 200).send(r);
+    });
   });
 
   app.get('/v1/chain-sync', async (req) => {
@@ -86,7 +92,7 @@ export function chainSyncRoutes(app: FastifyInstance, ctx: DispatcherContext, rt
   app.post('/v1/chain-sync/:name/resume', async (req) => {
     const p = await admin(req);
     const { name } = parseInput(z.strictObject({ name: nameParam }), req.params, 'route');
-    const r = await resumeChainSync(deps.state, p.org_id, name);
+    const r = await resumeChainSync(deps.state, p.org_id, name, { checkChain: rt.checkChain });
     req.log.info({ org_id: p.org_id, chain_sync: r.name, by: p.sub, redriven: r.redriven }, 'chain sync resumed');
     rt.wake();
     if (r.redriven > 0) ctx.kickOutbox();
@@ -116,7 +122,17 @@ export function chainSyncRoutes(app: FastifyInstance, ctx: DispatcherContext, rt
     const job = await ctx.jobs.get(t.job_id);
     if (!job || !isChainSyncJob(job)) return;
     const v = await verifyChainSyncCompletion(deps.state, rt.store(), { id: body.task_id, attempt: body.attempt }, job, body);
-    if (v) verified.set(req, { job_id: v.job_id, dataset_key: v.dataset_key });
+    if (!v) return;
+    try {
+      await checkRangeChain(deps.state, v);
+    } catch (e) {
+      // The range was read from another chain: the job halts and the completion is refused.
+      if (isChainCheckError(e) && await haltJob(deps.state, v.job_id, e.code, e.message)) {
+        req.log.error({ chain_sync_job_id: v.job_id, dataset_key: v.dataset_key, task_id: body.task_id, code: e.code, err: e.message }, 'chain sync halted');
+      }
+      throw e;
+    }
+    verified.set(req, { job_id: v.job_id, dataset_key: v.dataset_key });
   });
 
   app.addHook('onResponse', async (req, reply) => {

@@ -7,7 +7,7 @@
 import type { Queryable } from '../../db/db.js';
 import { planningTarget } from './planner.js';
 
-export type JobState = 'running' | 'paused' | 'completed' | 'blocked' | 'idle';
+export type JobState = 'running' | 'paused' | 'completed' | 'blocked' | 'idle' | 'halted';
 
 export interface StreamStatus {
   dataset_key: string;
@@ -19,7 +19,7 @@ export interface StreamStatus {
   chunk_size: number;
   max_inflight: number;
   active: boolean;
-  state: 'planning' | 'caught_up' | 'blocked' | 'paused' | 'done' | 'removed';
+  state: 'planning' | 'caught_up' | 'blocked' | 'paused' | 'done' | 'removed' | 'halted';
   /** The planning cursor (next_block, exclusive high-water mark). */
   next_block: number;
   /** End-exclusive bound planning aims at right now (null while blocked). */
@@ -53,6 +53,10 @@ export interface JobStatus {
   updated_at: string;
   completed_at: string | null;
   head: { rpc_pool: string; head_block: number | null; observed_at: string | null; age_seconds: number | null; last_error: string | null }[] | null;
+  /** The chain this sync commits (recorded by its first commit; null before it). */
+  identity: { chain_id: number; genesis_hash: string; recorded_at: string } | null;
+  /** Set while a chain check (identity.ts) stopped the sync; resume re-checks and clears it. */
+  halt: { code: string; reason: string; at: string } | null;
   streams: StreamStatus[];
 }
 
@@ -61,11 +65,14 @@ interface JobRow {
   from_block: number; to_block: number | null; tail_lag: number | null; head_poll_interval_seconds: number | null;
   max_head_age_seconds: number | null; yaml_hash: string; created_at: Date; updated_at: Date; completed_at: Date | null;
   last_error: string | null; last_error_at: Date | null;
+  identity_chain_id: number | null; genesis_hash: string | null; identity_recorded_at: Date | null;
+  halt_code: string | null; halt_reason: string | null; halted_at: Date | null;
 }
 
 const JOBS = `
 SELECT job_id, org_id, name, chain_id, enabled, mode, from_block, to_block, tail_lag, head_poll_interval_seconds,
-       max_head_age_seconds, yaml_hash, created_at, updated_at, completed_at, last_error, last_error_at
+       max_head_age_seconds, yaml_hash, created_at, updated_at, completed_at, last_error, last_error_at,
+       identity_chain_id, genesis_hash, identity_recorded_at, halt_code, halt_reason, halted_at
 FROM chain_sync_jobs WHERE org_id = $1 AND ($2::text IS NULL OR name = $2 OR job_id::text = $2) ORDER BY name`;
 
 const STREAMS = `
@@ -180,8 +187,9 @@ export async function chainSyncStatus(q: Queryable, orgId: string, nameOrId?: st
         : s.last_error ? { message: s.last_error, at: iso(s.last_error_at) } : null;
       const inflight = Number(s.inflight);
       const done = j.mode === 'fixed_target' && next >= Number(j.to_block) && inflight === 0;
-      const blocked = s.active && j.enabled && !done ? (t.reason ?? null) : null;
-      const state: StreamStatus['state'] = !s.active ? 'removed' : done ? 'done' : !j.enabled ? 'paused' : blocked ? 'blocked'
+      const halted = j.halt_code !== null;
+      const blocked = s.active && j.enabled && !done && !halted ? (t.reason ?? null) : null;
+      const state: StreamStatus['state'] = !s.active ? 'removed' : done ? 'done' : halted ? 'halted' : !j.enabled ? 'paused' : blocked ? 'blocked'
         : t.target !== null && next >= t.target ? 'caught_up' : 'planning';
       ss.push({
         dataset_key: s.dataset_key,
@@ -212,9 +220,11 @@ export async function chainSyncStatus(q: Queryable, orgId: string, nameOrId?: st
     const completed = j.completed_at !== null;
     const blockedReasons = [...new Set(active.map((s) => s.blocked_reason).filter((r): r is string => r !== null))];
     const gaveUp = active.reduce((n, s) => n + s.inflight.gave_up, 0);
-    const state: JobState = completed ? 'completed' : !j.enabled ? 'paused' : blockedReasons.length > 0 ? 'blocked'
+    const halted = j.halt_code !== null;
+    const state: JobState = completed ? 'completed' : halted ? 'halted' : !j.enabled ? 'paused' : blockedReasons.length > 0 ? 'blocked'
       : active.every((s) => s.state === 'caught_up' || s.state === 'done') && active.every((s) => s.inflight.total === 0) ? 'idle' : 'running';
-    const reason = !j.enabled && !completed ? 'paused by an admin; resume to continue planning'
+    const reason = halted && !completed ? `halted: ${j.halt_code}: ${j.halt_reason}; nothing is planned or committed until a resume whose chain check passes`
+      : !j.enabled && !completed ? 'paused by an admin; resume to continue planning'
       : blockedReasons.length > 0 ? blockedReasons.join('; ')
         : gaveUp > 0 ? `${gaveUp} range(s) gave up after their last attempt; fix the cause and resume to re-plan them` : null;
     const mode: Record<string, unknown> = { kind: j.mode, from_block: Number(j.from_block) };
@@ -222,7 +232,10 @@ export async function chainSyncStatus(q: Queryable, orgId: string, nameOrId?: st
     else Object.assign(mode, { tail_lag: j.tail_lag, head_poll_interval_seconds: j.head_poll_interval_seconds, max_head_age_seconds: j.max_head_age_seconds });
     out.push({
       job_id: j.job_id, name: j.name, chain_id: Number(j.chain_id), mode, enabled: j.enabled, paused: !j.enabled, state, reason,
-      yaml_hash: j.yaml_hash, created_at: iso(j.created_at)!, updated_at: iso(j.updated_at)!, completed_at: iso(j.completed_at), head, streams: ss,
+      yaml_hash: j.yaml_hash, created_at: iso(j.created_at)!, updated_at: iso(j.updated_at)!, completed_at: iso(j.completed_at), head,
+      identity: j.genesis_hash !== null && j.identity_chain_id !== null ? { chain_id: Number(j.identity_chain_id), genesis_hash: j.genesis_hash, recorded_at: iso(j.identity_recorded_at)! } : null,
+      halt: j.halt_code !== null ? { code: j.halt_code, reason: j.halt_reason ?? '', at: iso(j.halted_at)! } : null,
+      streams: ss,
     });
   }
   return out;

@@ -13,6 +13,12 @@ const digest = (s: string): Uint8Array => new Uint8Array(createHash('sha256').up
 const addr = (s: string): Uint8Array => digest(s).subarray(0, 20);
 const TRANSFER_TOPIC = Buffer.from('ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef', 'hex');
 
+/** The fake chain's boundaries as a range manifest records them (block `b`'s parent is `b - 1`). */
+export function fakeChainView(chainId: number, start: number, end: number): { genesis_hash: string; head_block: null; first_parent_hash: string; last_block_hash: string } {
+  const hex = (b: number) => `0x${Buffer.from(digest(`fake:block:${chainId}:${b}`)).toString('hex')}`;
+  return { genesis_hash: hex(0), head_block: null, first_parent_hash: start === 0 ? `0x${'0'.repeat(64)}` : hex(start - 1), last_block_hash: hex(end - 1) };
+}
+
 export const fakeTxCount = (block: number): number => block % 4;
 
 export function fakeRows(dataset: CryoDataset, chainId: number, block: number): Row[] {

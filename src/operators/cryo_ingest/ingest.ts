@@ -6,9 +6,9 @@ import { silentLogger, type Logger } from '../../core/log.js';
 import { hexToBigInt, hexToNumber } from '../../chain/hex.js';
 import type { RpcBlockWithTxs } from '../../chain/types.js';
 import { runCryo } from './cryo_cli.js';
-import { fakeRows } from './fake.js';
-import { fetchChunk } from './fetch.js';
-import { MANIFEST_FILE, SUCCESS_FILE, commitManifest, readCommittedManifest, sha256File, type IngestManifest, type ManifestFile } from './manifest.js';
+import { fakeChainView, fakeRows } from './fake.js';
+import { chainError, fetchChunk } from './fetch.js';
+import { MANIFEST_FILE, SUCCESS_FILE, commitManifest, readCommittedManifest, sha256File, type IngestManifest, type ManifestChain, type ManifestFile } from './manifest.js';
 import { ParquetStage, capExceeded, capsFromEnv, parquetRowCounts, parseCryoFileName, type ParquetCaps, type WrittenFile } from './parquet.js';
 import { blockRow, logRow, transactionRow } from './rows.js';
 import type { RpcClient } from './rpc.js';
@@ -149,6 +149,8 @@ export async function ingestRange(opts: IngestRangeOptions): Promise<IngestResul
   const row_counts: Record<string, number> = {};
   for (const d of datasets) row_counts[d] = 0;
   for (const f of files) row_counts[f.dataset] = (row_counts[f.dataset] ?? 0) + f.rows;
+  // Read after the data: the boundaries of what was written, as this node sees the chain now.
+  const chain = opts.mode === 'fake' ? fakeChainView(opts.chainId, opts.start, opts.end) : await chainView(opts.rpc!, opts.start, opts.end);
   const manifest: IngestManifest = {
     manifest_version: 1,
     producer: 'trace.cryo_ingest',
@@ -160,6 +162,7 @@ export async function ingestRange(opts: IngestRangeOptions): Promise<IngestResul
     files,
     row_counts,
     bytes: total,
+    chain,
   };
   await commitManifest(outDir, manifest);
   log.info({ files: files.length, row_counts, bytes: total, ms: Date.now() - started }, 'cryo_ingest range committed');
@@ -197,6 +200,34 @@ async function checkChainId(rpc: RpcClient, chainId: number): Promise<void> {
   if (got !== chainId) {
     throw new TraceError(422, 'CHAIN_ID_MISMATCH', `the RPC pool serves chain ${got}, not chain ${chainId}`, { extra: { retryable: false } });
   }
+}
+
+/**
+ * The chain identity a range manifest records: the genesis hash, the node's head, the parent
+ * hash of the range's first block and the hash of its last block (chain_sync compares them with
+ * what it committed before, see src/dispatcher/chain-sync/identity.ts).
+ */
+async function chainView(rpc: RpcClient, start: number, end: number): Promise<ManifestChain> {
+  const [genesis, first, last, head] = await rpc.callMany<unknown>([
+    { method: 'eth_getBlockByNumber', params: ['0x0', false] },
+    { method: 'eth_getBlockByNumber', params: [`0x${start.toString(16)}`, false] },
+    { method: 'eth_getBlockByNumber', params: [`0x${(end - 1).toString(16)}`, false] },
+    // the head as a block (not eth_blockNumber): the same kind of call as the data's
+    { method: 'eth_getBlockByNumber', params: ['latest', false] },
+  ]);
+  const field = (b: unknown, n: number, f: 'hash' | 'parentHash'): string => {
+    const v = b && typeof b === 'object' ? (b as Record<string, unknown>)[f] : undefined;
+    if (b === null || b === undefined) throw chainError('CHAIN_BLOCK_MISSING', `the node has no block ${n} (is the range past the head?)`);
+    if (typeof v !== 'string' || !/^0x[0-9a-fA-F]{64}$/.test(v)) throw chainError('CHAIN_BAD_RESPONSE', `the node returned block ${n} without a ${f}`);
+    return v.toLowerCase();
+  };
+  let headBlock: number;
+  try {
+    headBlock = hexToNumber(String((head as { number?: unknown } | null)?.number));
+  } catch {
+    throw chainError('CHAIN_BAD_RESPONSE', 'the node returned its latest block without a number');
+  }
+  return { genesis_hash: field(genesis, 0, 'hash'), head_block: headBlock, first_parent_hash: field(first, start, 'parentHash'), last_block_hash: field(last, end - 1, 'hash') };
 }
 
 function checkAbort(signal: AbortSignal | undefined): void {

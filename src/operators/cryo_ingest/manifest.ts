@@ -27,6 +27,22 @@ export const manifestFileSchema = z.object({
 });
 export type ManifestFile = z.infer<typeof manifestFileSchema>;
 
+const hash32 = z.string().regex(/^0x[0-9a-f]{64}$/);
+
+/**
+ * What the chain looked like to the writer of a range (chain_sync checks it before committing:
+ * the genesis hash against the sync's recorded identity, the parent hash of the first block
+ * against the last block hash of the preceding committed range). `head_block` is the node's
+ * head when the range was read (null for the fake chain, which has no head).
+ */
+export const manifestChainSchema = z.object({
+  genesis_hash: hash32,
+  head_block: z.number().int().min(0).nullable(),
+  first_parent_hash: hash32,
+  last_block_hash: hash32,
+});
+export type ManifestChain = z.infer<typeof manifestChainSchema>;
+
 export const ingestManifestSchema = z.object({
   manifest_version: z.literal(1),
   producer: z.literal('trace.cryo_ingest'),
@@ -39,6 +55,8 @@ export const ingestManifestSchema = z.object({
   files: z.array(manifestFileSchema),
   row_counts: z.record(z.string(), z.number().int().min(0)),
   bytes: z.number().int().min(0),
+  /** Written by every mode since the chain identity checks; absent in older outputs. */
+  chain: manifestChainSchema.optional(),
 });
 export type IngestManifest = z.infer<typeof ingestManifestSchema>;
 

@@ -134,6 +134,9 @@ export function createCryoIngestOperator(opts: CryoIngestOperatorOptions = {}): 
       runtimes: ['ecs_platform'],
       udf: 'forbidden',
       activations: ['source', 'reactive'],
+      executionStrategies: ['PerPartition'],
+      // each task writes one block range's files; a re-run replaces them
+      writes: { replace: true },
       // planned by chain_sync only; never named by a user DAG
       hidden: true,
       validateConfig: () => [],

@@ -1,8 +1,8 @@
-import ganache from 'ganache';
+import { startDevChain } from '../../src/lite/devchain.js';
 import { rpcCall } from './support.js';
 
 /**
- * A small offline EVM chain for ingest tests: ganache on 127.0.0.1, a hand-assembled token
+ * A small offline EVM chain for ingest tests: anvil on 127.0.0.1, a hand-assembled token
  * contract that emits ERC-20 `Transfer` events, and a few blocks packed with several
  * transactions of different types (legacy, access-list, EIP-1559), a contract creation, a
  * reverted call and an empty block.
@@ -53,28 +53,21 @@ export interface TestChain {
 }
 
 export async function startTestChain(chainId = 1337): Promise<TestChain> {
-  const server = ganache.server({
-    logging: { quiet: true },
-    chain: { chainId },
-    miner: { coinbase: COINBASE },
-    wallet: { deterministic: true, totalAccounts: 4, defaultBalance: 1_000_000 },
-  });
-  await server.listen(0);
-  const port = (server.address() as { port: number }).port;
-  const url = `http://127.0.0.1:${port}`;
+  const node = await startDevChain({ chainId, accounts: 4, coinbase: COINBASE });
+  const url = node.url;
   const call = <T>(method: string, params: unknown[] = []) => rpcCall<T>(url, method, params);
   const accounts = await call<string[]>('eth_accounts');
   const [a0, a1, a2, a3] = accounts as [string, string, string, string];
 
   // block 1: deploy (automine)
   const deployHash = await call<string>('eth_sendTransaction', [{ from: a0, data: tokenInitCode(), gas: '0x493e0' }]);
-  const deployReceipt = await call<{ contractAddress: string; status: string }>('eth_getTransactionReceipt', [deployHash]);
+  const deployReceipt = await node.receipt<{ contractAddress: string; status: string }>(deployHash);
   if (deployReceipt.status !== '0x1') throw new Error('token deploy failed');
   const token = deployReceipt.contractAddress;
   const transfer = (from: string, to: string, amount: number, extra: Record<string, unknown> = {}) =>
     call<string>('eth_sendTransaction', [{ from, to: token, data: `0x${word(to)}${word(amount.toString(16))}`, gas: '0x186a0', ...extra }]);
 
-  await call('miner_stop');
+  await node.setAutomine(false);
   // block 2: several transfers, a big native transfer, a legacy tx, a reverted call
   await transfer(a0, a1, 5);
   await transfer(a0, a2, 7);
@@ -95,5 +88,5 @@ export async function startTestChain(chainId = 1337): Promise<TestChain> {
   await call('evm_mine');
 
   const head = Number(BigInt(await call<string>('eth_blockNumber')));
-  return { url, chainId, head, token, accounts, close: () => server.close() };
+  return { url, chainId, head, token, accounts, close: () => node.close() };
 }
