@@ -13,6 +13,8 @@ export interface DatasetEventReport {
   /** alert_events `seq` range `[start, end)` of the rows this batch added. */
   start: number;
   end: number;
+  /** Where the dataset's Parquet copy lives (the version's storage ref; see snapshot.ts). */
+  storage_ref?: Record<string, unknown>;
 }
 
 export interface DatasetEventReporter {

@@ -33,8 +33,8 @@ export async function runSinkProcess(penv: NodeJS.ProcessEnv, opts: { log?: Logg
   const maxReceives = maxReceivesRaw ? Number(maxReceivesRaw) : DEFAULTS.bufferDlqMaxReceives;
   if (!Number.isSafeInteger(maxReceives) || maxReceives < 1) throw new Error('TRACE_SINK_MAX_RECEIVES must be a positive integer');
   const log = opts.log ?? createLogger('sink');
-  const data = await openDb(env.dataDatabaseUrl!, { max: 5, applicationName: 'trace-sink' });
-  const queueDb = await openDb(queueUrl!, { max: 3, applicationName: 'trace-sink-queue' });
+  const data = await openDb(env.dataDatabaseUrl!, { max: 5, applicationName: 'trace-sink', role: 'data' });
+  const queueDb = await openDb(queueUrl!, { max: 3, applicationName: 'trace-sink-queue', role: 'queue' });
   try {
     await migrate(data, 'data');
     const store = openObjectStore(env.objectStoreUrl, env.home);

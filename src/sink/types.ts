@@ -27,4 +27,10 @@ export interface BufferedDatasetSpec<Row = unknown> {
    * commit range `[seqStart, seqEnd)` of the new rows (null when none were new).
    */
   write(q: Queryable, rows: Row[], a: BatchAttribution): Promise<{ inserted: number; seqStart: number | null; seqEnd: number | null }>;
+  /**
+   * The queryable copy of committed rows (written as Parquet into the object store after each
+   * commit): `select` reads one commit's rows from Postgres data (`$1` org_id, `$2`/`$3` the
+   * `[seqStart, seqEnd)` range), `columns` are their DuckDB types in column order.
+   */
+  snapshot?: { select: string; columns: ReadonlyArray<readonly [name: string, duckdbType: string]> };
 }

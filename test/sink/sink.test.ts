@@ -39,7 +39,7 @@ jobs:
   - name: consumer
     activation: reactive
     runtime: ecs_platform
-    operator: noop
+    operator: alert_route
     execution_strategy: PerUpdate
     inputs:
       - from: { dataset: alert_events }
@@ -103,7 +103,11 @@ jobs:
         assert.equal(r.tx_hash, `0x${'ab'.repeat(32)}`);
       }
       // The event: a partition over the seq range of the new rows, recorded once, routed to the consumer.
-      const ev = (await p.dbs.state.query<any>(`SELECT event, publish_id, producer_task_id FROM dataset_events WHERE publish_id = $1`, [publishId])).rows;
+      // The sink reports it to the Dispatcher after the batch commits, so wait for it.
+      const ev = await waitFor('the batch\'s dataset event', async () => {
+        const r = (await p.dbs.state.query<any>(`SELECT event, publish_id, producer_task_id FROM dataset_events WHERE publish_id = $1`, [publishId])).rows;
+        return r.length > 0 ? r : undefined;
+      });
       assert.equal(ev.length, 1);
       const seqs = rows.map((r: any) => Number(r.seq));
       assert.equal(ev[0].event.start, Math.min(...seqs));
@@ -202,15 +206,30 @@ jobs:
       });
     }
 
-    it('refuses a stale attempt publishing a buffer (nothing recorded, nothing queued)', async () => {
+    it('refuses a finished attempt publishing a buffer (409, nothing recorded)', async () => {
+      const l = await newLease();
+      // Completed is terminal: no retry can move the attempt on while we look.
+      const done = await post('/v1/task/complete', { task_id: l.task_id, attempt: l.attempt, lease_token: l.lease_token, status: 'Completed' }, { 'x-trace-task-capability': l.capability_token });
+      assert.equal(done.status, 200);
+      const late = await publish(l, `${row('finished-0')}\n`);
+      assert.equal(late.status, 409);
+      assert.equal(late.body.code, 'TASK_NOT_RUNNING');
+      const recs = await p.dbs.state.query(`SELECT 1 FROM buffer_publishes WHERE task_id = $1`, [l.task_id]);
+      assert.equal(recs.rows.length, 0);
+    });
+
+    it('refuses a stale attempt publishing a buffer once a newer attempt runs (403, nothing recorded, nothing queued)', async () => {
       const l = await newLease();
       const done = await post('/v1/task/complete', { task_id: l.task_id, attempt: l.attempt, lease_token: l.lease_token, status: 'Failed', error_message: 'boom' }, { 'x-trace-task-capability': l.capability_token });
       assert.equal(done.status, 200);
-      // After its attempt finished, the old lease may not publish.
+      // Whether the retry has happened yet or not, the old lease may not publish.
       const late = await publish(l, `${row('stale-0')}\n`);
-      assert.equal(late.status, 409);
-      await new Promise((r) => setTimeout(r, 300));
-      const l2 = await claim(l.task_id);
+      assert.ok(late.status === 409 || late.status === 403, `finished or stale, got ${late.status}`);
+      // Wait for the retry scheduler to queue attempt 2, then claim it.
+      const l2 = await waitFor('attempt 2 to be claimable', async () => {
+        const r = await post('/internal/task-claim', { task_id: l.task_id, worker_id: 'sink-test' }, { 'x-trace-worker-token': TEST_SECRETS.worker });
+        return r.body.status === 'Claimed' ? r.body : undefined;
+      });
       assert.equal(l2.attempt, 2);
       const stale = await publish(l, `${row('stale-1')}\n`);
       assert.equal(stale.status, 403);

@@ -28,8 +28,9 @@ import type { Db } from '../../db/db.js';
 import type { StorageRef } from '../../auth/capability-claims.js';
 import { DEFAULT_GLOB, resolveStorageFiles } from '../../query/storage.js';
 import type { DispatcherContext } from '../service.js';
+import { checkRegisteredSource, type DatasetStorage } from '../publication.js';
 import { requireAdmin } from '../identity.js';
-import { datasetNameParam } from './schemas.js';
+import { DATASET_NAME_RULE, datasetNameParam } from './schemas.js';
 import { userAuth } from './user-routes.js';
 
 export interface ExternalRegistration {
@@ -149,14 +150,18 @@ const SET_CURRENT = `UPDATE datasets SET current_version = $2, updated_at = now(
 /**
  * Registers (or refreshes) the external dataset `name` of `orgId` from `from`. Throws 409
  * DATASET_NAME_TAKEN when the name belongs to a job-output or buffered dataset, 400
- * INVALID_SOURCE / 422 SOURCE_UNAVAILABLE / 422 NO_FILES for unusable sources.
+ * INVALID_SOURCE / 422 SOURCE_UNAVAILABLE / 422 NO_FILES for unusable sources, 400
+ * SOURCE_OUTSIDE_ROOTS for a folder outside `storage.roots`, 400 OBJECT_STORE_NOT_CONFIGURED for
+ * an `s3://` source outside the configured S3 object store, 400 SOURCE_NOT_PARQUET when a file
+ * is not Parquet or DuckDB cannot read the set's schema.
  */
-export async function registerExternalDataset(db: Db, orgId: string, name: string, from: string, glob?: string): Promise<ExternalRegistration> {
+export async function registerExternalDataset(db: Db, orgId: string, name: string, from: string, glob: string | undefined, storage: DatasetStorage): Promise<ExternalRegistration> {
   const n = datasetNameParam.safeParse(name);
-  if (!n.success) throw badRequest('invalid dataset name: must match ^[a-z][a-z0-9_]{0,127}$', 'INVALID_REQUEST');
+  if (!n.success) throw badRequest(`invalid dataset name: ${DATASET_NAME_RULE}`, 'INVALID_REQUEST');
   const g = globSchema.safeParse(glob ?? DEFAULT_GLOB);
   if (!g.success) throw badRequest('invalid glob: must be a relative glob without . or .. segments', 'INVALID_REQUEST');
   const { ref, location } = await storageRefFor(from, g.data);
+  await checkRegisteredSource(ref, storage);
   let listed: { hash: string; files: number | null; bytes: number | null };
   if (ref.scheme === 'file') listed = await fileSetHash(ref);
   else listed = { hash: sha256Hex(canonicalJson({ ref })), files: null, bytes: null };
@@ -195,7 +200,7 @@ export function datasetAdminRoutes(app: FastifyInstance, ctx: DispatcherContext)
     requireAdmin(p);
     const { name } = parseInput(z.strictObject({ name: datasetNameParam }), req.params, 'route');
     const body = parseInput(registerBody, req.body);
-    const r = await registerExternalDataset(ctx.deps.state, p.org_id, name, body.from, body.glob);
+    const r = await registerExternalDataset(ctx.deps.state, p.org_id, name, body.from, body.glob, ctx.deps.datasetStorage ?? { roots: [] });
     req.log.info({ org_id: p.org_id, dataset: name, dataset_uuid: r.dataset_uuid, dataset_version: r.dataset_version, created: r.created, changed: r.changed, scheme: r.storage_ref.scheme }, 'external dataset registered');
     return reply.status(r.created || r.changed ? 201 : 200).send(r);
   });
