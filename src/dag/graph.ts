@@ -74,16 +74,18 @@ export function topoOrder(spec: DagSpec): string[] {
       downstream.set(u, list);
     }
   }
-  const ready = spec.jobs.filter((j) => pending.get(j.name)!.size === 0).map((j) => j.name);
+  // Ready jobs by declaration index, smallest first (a binary heap: re-sorting a list of ready
+  // jobs on every step made a DAG of 2,000 independent jobs take half a second).
+  const ready = new MinHeap();
+  spec.jobs.forEach((j, i) => { if (pending.get(j.name)!.size === 0) ready.push(i); });
   const order: string[] = [];
-  while (ready.length > 0) {
-    ready.sort((a, b) => index.get(a)! - index.get(b)!);
-    const name = ready.shift()!;
+  while (ready.size > 0) {
+    const name = spec.jobs[ready.pop()]!.name;
     order.push(name);
     for (const d of downstream.get(name) ?? []) {
       const ups = pending.get(d)!;
       ups.delete(name);
-      if (ups.size === 0) ready.push(d);
+      if (ups.size === 0) ready.push(index.get(d)!);
     }
   }
   if (order.length !== spec.jobs.length) {
@@ -92,4 +94,46 @@ export function topoOrder(spec: DagSpec): string[] {
     });
   }
   return order;
+}
+
+/** A binary min-heap of numbers. */
+class MinHeap {
+  private readonly a: number[] = [];
+
+  get size(): number {
+    return this.a.length;
+  }
+
+  push(x: number): void {
+    const a = this.a;
+    a.push(x);
+    let i = a.length - 1;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (a[p]! <= x) break;
+      a[i] = a[p]!;
+      i = p;
+    }
+    a[i] = x;
+  }
+
+  pop(): number {
+    const a = this.a;
+    const top = a[0]!;
+    const last = a.pop()!;
+    if (a.length > 0) {
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        if (l >= a.length) break;
+        const r = l + 1;
+        const c = r < a.length && a[r]! < a[l]! ? r : l;
+        if (a[c]! >= last) break;
+        a[i] = a[c]!;
+        i = c;
+      }
+      a[i] = last;
+    }
+    return top;
+  }
 }

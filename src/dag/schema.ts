@@ -39,6 +39,16 @@ export const RESERVED_ACTIVATIONS: Readonly<Record<string, string>> = {
     "activation 'manual' is reserved and not supported in v1; use activation 'source' with source.kind 'manual' for a job started only by an admin trigger",
 };
 
+/**
+ * Fields the v1 vocabulary accepts in form but whose effect the platform does not provide;
+ * setting them is refused rather than silently ignored (the message is the user's answer).
+ */
+export const UNSUPPORTED = {
+  idle_timeout: 'is not supported: reactive jobs have no idle timeout in this version; remove the field',
+  reset_outputs: 'true is not supported: outputs are never reset at activation in this version; remove it or set false',
+  secrets: 'is not supported: secrets are not injected into jobs in this version; list none',
+} as const;
+
 /** Backpressure knobs owned by the Dispatcher; refused anywhere on a job or in defaults. */
 export const RESERVED_BACKPRESSURE_FIELDS: ReadonlySet<string> = new Set(['max_queue_depth', 'max_queue_age', 'backpressure_mode']);
 /** Publish entry fields reserved for later versions. */
@@ -68,6 +78,10 @@ export const JOB_FIELDS = [
   'udf',
 ] as const;
 export const INPUT_FIELDS = ['from', 'where'] as const;
+/** `inputs[].from`: a job output `{job, output}` or a dataset `{dataset}`. */
+export const INPUT_FROM_FIELDS = ['job', 'output', 'dataset'] as const;
+/** `publish.*.from`: a job output. */
+export const PUBLISH_FROM_FIELDS = ['job', 'output'] as const;
 export const SCALING_FIELDS = ['max_concurrency'] as const;
 export const BOOTSTRAP_FIELDS = ['reset_outputs'] as const;
 export const UDF_FIELDS = ['bundle_id', 'entrypoint'] as const;

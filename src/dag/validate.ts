@@ -16,6 +16,7 @@ import { ProblemList, dagInvalid, joinPath, type DagProblem, type Path, type Pat
 import { FORBIDDEN_KEYS } from './safe-yaml.js';
 import { findCycles, type GraphNode } from './graph.js';
 import { formatPath } from '../core/errors.js';
+import { didYouMean } from '../core/suggest.js';
 import * as S from './schema.js';
 
 export interface ValidateOptions {
@@ -106,7 +107,7 @@ class Validator {
   private fields(obj: Rec, allowed: readonly string[], path: Path, hint?: string): void {
     for (const k of Object.keys(obj)) {
       if (allowed.includes(k) || S.RESERVED_BACKPRESSURE_FIELDS.has(k) || FORBIDDEN_KEYS.has(k)) continue;
-      this.add([...path, k], `unknown field '${k}'${hint ? `; ${hint}` : ''}`);
+      this.add([...path, k], `unknown field '${k}'${didYouMean(k, allowed)}${hint ? `; ${hint}` : ''}`);
     }
   }
 
@@ -275,9 +276,26 @@ class Validator {
       this.add([...path, 'inputs'], 'is required for reactive jobs');
     }
 
+    if (d.op && d.op.filtersInputs !== true) {
+      for (const input of d.inputs) {
+        if (input.where !== undefined) {
+          this.add([...input.path, 'where'], `operator '${d.op.name}' does not apply input filters; remove where or filter in a job whose operator does (alert_route)`);
+        }
+      }
+    }
+
     // reactive-only fields
     d.execution_strategy = this.reactiveField(raw, 'execution_strategy', d, S.enumSchema(S.EXECUTION_STRATEGIES), true);
+    if (d.execution_strategy !== undefined && d.op && !d.op.executionStrategies.includes(d.execution_strategy)) {
+      const runs = d.op.executionStrategies;
+      this.add([...path, 'execution_strategy'],
+        `operator '${d.op.name}' does not run as '${d.execution_strategy}'${runs.length > 0 ? ` (it runs as ${list(runs)})` : ''}`);
+    }
     d.idle_timeout = this.reactiveField(raw, 'idle_timeout', d, S.idleTimeoutSchema, false);
+    if (d.idle_timeout !== undefined) {
+      this.add([...path, 'idle_timeout'], S.UNSUPPORTED.idle_timeout);
+      d.idle_timeout = undefined;
+    }
 
     // update strategy and idempotency key
     if (isReactive) d.update_strategy = this.required(raw, 'update_strategy', path, S.enumSchema(S.UPDATE_STRATEGIES), ' for reactive jobs');
@@ -292,6 +310,7 @@ class Validator {
     } else if (d.update_strategy === 'append') {
       this.add(ukPath, "is required when update_strategy is 'append' (the columns the sink upserts on)");
     }
+    this.writes(d);
 
     // source-only fields
     if (has(raw, 'source')) {
@@ -314,6 +333,9 @@ class Validator {
     // knobs
     if (has(raw, 'secrets')) {
       d.secrets = this.stringList(raw.secrets, [...path, 'secrets'], S.patterned(S.SECRET_NAME_RE, 'a logical secret name'), 'secret names', false);
+      const isUdfJob = has(raw, 'udf') || d.op?.udf === 'required';
+      // UDF jobs get their own refusal in udf(); everyone else learns nothing would be injected.
+      if (d.secrets !== undefined && d.secrets.length > 0 && !isUdfJob) this.add([...path, 'secrets'], S.UNSUPPORTED.secrets);
     }
     const jobScaling = has(raw, 'scaling') ? this.scaling(raw.scaling, [...path, 'scaling']) : undefined;
     const scaling = { ...(defaults.scaling ?? {}), ...(jobScaling ?? {}) };
@@ -366,11 +388,33 @@ class Validator {
     return this.optional(raw, key, d.path, schema);
   }
 
+  /** update_strategy and unique_key must be what the operator's writes actually do. */
+  private writes(d: JobDraft): void {
+    const op = d.op;
+    if (!op || d.update_strategy === undefined) return;
+    const w = op.writes;
+    const honoured = [...(w.append ? ['append'] : []), ...(w.replace === true ? ['replace'] : [])];
+    if (!honoured.includes(d.update_strategy)) {
+      this.add([...d.path, 'update_strategy'],
+        `operator '${op.name}' does not write with update_strategy '${d.update_strategy}'${honoured.length > 0 ? ` (it honours ${list(honoured)})` : ''}`);
+      return;
+    }
+    if (d.update_strategy === 'append' && d.unique_key !== undefined && w.append) {
+      const want = [...w.append].sort();
+      const got = [...d.unique_key].sort();
+      if (want.length !== got.length || want.some((c, i) => c !== got[i])) {
+        this.add([...d.path, 'unique_key'],
+          `operator '${op.name}' upserts its output on [${w.append.join(', ')}]; unique_key must name exactly those columns`);
+      }
+    }
+  }
+
   private operator(d: JobDraft): void {
     if (d.operator === undefined) return;
     const op = this.catalog.get(d.operator);
     if (!op || (op.hidden === true && this.opts.allowHidden !== true)) {
-      this.add([...d.path, 'operator'], `unknown operator '${d.operator}'`);
+      const visible = [...this.catalog.values()].filter((o) => o.hidden !== true || this.opts.allowHidden === true).map((o) => o.name);
+      this.add([...d.path, 'operator'], `unknown operator '${d.operator}'${didYouMean(d.operator, visible)}`);
       return;
     }
     d.op = op;
@@ -454,7 +498,7 @@ class Validator {
         d.job = this.required(from, 'job', fPath, S.jobNameSchema);
         d.output = this.required(from, 'output', fPath, S.outputIndexSchema);
       } else {
-        this.fields(from, ['job', 'output', 'dataset'], fPath);
+        this.fields(from, S.INPUT_FROM_FIELDS, fPath);
         this.add(fPath, 'must name a job output {job, output} or a dataset {dataset}');
       }
     }
@@ -536,7 +580,7 @@ class Validator {
     }
     const kind = this.required(raw, 'kind', path, S.enumSchema(S.SOURCE_KINDS));
     if (kind === undefined) {
-      this.fields(raw, ['kind', 'schedule', 'webhook_path'], path);
+      this.fields(raw, [...new Set(Object.values(S.SOURCE_FIELDS_BY_KIND).flat())], path);
       return undefined;
     }
     const allowed = S.SOURCE_FIELDS_BY_KIND[kind];
@@ -570,6 +614,7 @@ class Validator {
     }
     this.fields(raw, S.BOOTSTRAP_FIELDS, path);
     const reset_outputs = this.required(raw, 'reset_outputs', path, S.booleanSchema);
+    if (reset_outputs === true) this.add([...path, 'reset_outputs'], S.UNSUPPORTED.reset_outputs);
     return reset_outputs === undefined ? undefined : { reset_outputs };
   }
 
@@ -614,7 +659,7 @@ class Validator {
       else if (!isRec(from)) this.add(fPath, 'must be a job output {job, output}');
       else if (has(from, 'dataset')) this.add(fPath, 'must be a job output {job, output}; only job outputs can be published');
       else {
-        this.fields(from, ['job', 'output'], fPath);
+        this.fields(from, S.PUBLISH_FROM_FIELDS, fPath);
         d.job = this.required(from, 'job', fPath, S.jobNameSchema);
         d.output = this.required(from, 'output', fPath, S.outputIndexSchema);
       }

@@ -10,6 +10,8 @@ const ops: OperatorInfo[] = [
     runtimes: ['ecs_platform', 'lambda'],
     udf: 'forbidden',
     activations: ['source'],
+    executionStrategies: [],
+    writes: { replace: true },
     validateConfig(config) {
       const out: Array<{ path: string; message: string }> = [];
       if (!Number.isInteger(config.chain_id)) out.push({ path: 'chain_id', message: 'must be an integer chain id' });
@@ -21,19 +23,21 @@ const ops: OperatorInfo[] = [
     runtimes: ['ecs_platform'],
     udf: 'forbidden',
     activations: ['reactive'],
+    executionStrategies: ['PerUpdate'],
+    writes: { append: ['dedupe_key'] },
     validateConfig(config) {
       const n = config.range_size;
       return typeof n === 'number' && Number.isInteger(n) && n > 0 ? [] : [{ path: 'range_size', message: 'must be a positive integer' }];
     },
   },
-  { name: 'parquet_compact', runtimes: ['ecs_platform'], udf: 'forbidden', activations: ['reactive'] },
-  { name: 'range_splitter', runtimes: ['ecs_platform'], udf: 'forbidden', activations: ['reactive'] },
-  { name: 'noop', runtimes: ['dispatcher', 'lambda', 'ecs_platform'], udf: 'forbidden', activations: ['source', 'reactive'] },
-  { name: 'udf', runtimes: ['lambda'], udf: 'required', activations: ['source', 'reactive'] },
-  { name: 'alert_evaluate', runtimes: ['lambda'], udf: 'required', activations: ['reactive'] },
-  { name: 'validator_stats', runtimes: ['lambda'], udf: 'forbidden', activations: ['source'] },
-  { name: 'enrich', runtimes: ['lambda', 'ecs_platform'], udf: 'optional', activations: ['reactive'] },
-  { name: 'cryo_ingest', runtimes: ['ecs_platform'], udf: 'forbidden', activations: ['reactive'], hidden: true },
+  { name: 'parquet_compact', runtimes: ['ecs_platform'], udf: 'forbidden', activations: ['reactive'], executionStrategies: ['PerPartition'], writes: { replace: true } },
+  { name: 'range_splitter', runtimes: ['ecs_platform'], udf: 'forbidden', activations: ['reactive'], executionStrategies: ['PerPartition'], writes: { append: ['partition_key'], replace: true } },
+  { name: 'noop', runtimes: ['dispatcher', 'lambda', 'ecs_platform'], udf: 'forbidden', activations: ['source', 'reactive'], executionStrategies: ['PerUpdate', 'PerPartition'], writes: { replace: true }, filtersInputs: true },
+  { name: 'udf', runtimes: ['lambda'], udf: 'required', activations: ['source', 'reactive'], executionStrategies: ['PerUpdate', 'PerPartition'], writes: { append: ['dedupe_key'], replace: true } },
+  { name: 'alert_evaluate', runtimes: ['lambda'], udf: 'required', activations: ['reactive'], executionStrategies: ['PerUpdate'], writes: { append: ['dedupe_key'] }, filtersInputs: true },
+  { name: 'validator_stats', runtimes: ['lambda'], udf: 'forbidden', activations: ['source'], executionStrategies: [], writes: { replace: true } },
+  { name: 'enrich', runtimes: ['lambda', 'ecs_platform'], udf: 'optional', activations: ['reactive'], executionStrategies: ['PerUpdate', 'PerPartition'], writes: { append: ['dedupe_key'], replace: true } },
+  { name: 'cryo_ingest', runtimes: ['ecs_platform'], udf: 'forbidden', activations: ['reactive'], executionStrategies: ['PerPartition'], writes: { replace: true }, hidden: true },
 ];
 
 export const catalog: OperatorCatalog = new Map(ops.map((o) => [o.name, o]));
@@ -108,8 +112,8 @@ jobs:
     runtime: ecs_platform
     operator: block_follower
     source: { kind: always_on }
-    bootstrap: { reset_outputs: true }
-    secrets: [monad_rpc_key]
+    bootstrap: { reset_outputs: false }
+    secrets: []
     config: { chain_id: 10143 }
     outputs: 2
   - name: block_range_aggregate
@@ -143,7 +147,6 @@ jobs:
     runtime: lambda
     operator: alert_evaluate
     execution_strategy: PerUpdate
-    idle_timeout: 5m
     inputs:
       - from: { job: block_follower, output: 1 }
       - from: { dataset: address_labels }

@@ -47,9 +47,9 @@ test('a wider DAG with cron, webhook, manual, UDF, filters and publish validates
   assert.deepEqual(by.get('validator_stats')!.source, { kind: 'cron', schedule: '*/5 * * * *' });
   assert.deepEqual(by.get('hook')!.source, { kind: 'webhook', webhook_path: 'hooks/feed' });
   assert.deepEqual(by.get('kick')!.source, { kind: 'manual' });
-  assert.deepEqual(by.get('block_follower')!.bootstrap, { reset_outputs: true });
+  assert.deepEqual(by.get('block_follower')!.bootstrap, { reset_outputs: false });
   assert.deepEqual(by.get('alert_evaluate')!.udf, { bundle_id: 'b-123', entrypoint: 'index.js' });
-  assert.equal(by.get('alert_evaluate')!.idle_timeout, '5m');
+  assert.equal(by.get('alert_evaluate')!.idle_timeout, undefined);
   assert.deepEqual(by.get('alert_evaluate')!.inputs[1], { from: { dataset: 'address_labels' }, where: { chain_id: 1, label_type: 'cex' } });
   assert.deepEqual(by.get('page_critical')!.inputs[0]!.where, {
     severity: ['warning', 'critical'],
@@ -563,4 +563,16 @@ test('documents from JSON are checked for prototype keys too, and nothing is pol
   assertProblem(p, 'jobs[0].config.when', /unsupported value/);
   assertProblem(p, 'jobs[0].config.fn', /unsupported value/);
   assertProblem(p, 'jobs[0].config.inf', /finite/);
+});
+
+test('a misspelt field or operator names the closest allowed one, with its line', () => {
+  const yaml = SPEC_EXAMPLE.replace('    update_strategy: append\n', '    update_stratgy: append\n').replace('operator: block_follower', 'operator: block_folower');
+  const p = problemsOf(() => parseDag(yaml, catalog));
+  const lines = yaml.split('\n');
+  const misspelt = assertProblem(p, 'jobs[1].update_stratgy', /unknown field 'update_stratgy'; did you mean 'update_strategy'\?/);
+  assert.equal(lines[misspelt.line! - 1], '    update_stratgy: append');
+  assertProblem(p, 'jobs[0].operator', /unknown operator 'block_folower'; did you mean 'block_follower'\?/);
+  const d = spec();
+  d.jobs[0].zzz = 1; // nothing close: no suggestion
+  assert.doesNotMatch(assertProblem(check(d), 'jobs[0].zzz', /unknown field/).message, /did you mean/);
 });

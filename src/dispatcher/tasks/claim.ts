@@ -15,8 +15,12 @@ export interface ClaimedRow {
   operator_state: Array<{ state_key: string; state: Record<string, unknown>; version: number }>;
 }
 
+// The lease lasts the job's heartbeat_timeout_seconds, capped by the Dispatcher's ceiling ($3).
+export const JOB_LEASE_SECONDS = (ceiling: string, task: string) =>
+  `LEAST(${ceiling}::float8, (SELECT lj.heartbeat_timeout_seconds FROM jobs lj WHERE lj.id = ${task}.job_id))`;
+
 const LEASE_COLUMNS = `
-  status = 'Running', lease_token = gen_random_uuid(), lease_expires_at = now() + make_interval(secs => $3),
+  status = 'Running', lease_token = gen_random_uuid(), lease_expires_at = now() + make_interval(secs => ${JOB_LEASE_SECONDS('$3', 't')}),
   worker_id = $2, started_at = now(), last_heartbeat = now(), timed_out_at = NULL, updated_at = now()`;
 
 const CLAIM_TAIL = `
@@ -57,15 +61,16 @@ const LOCK_JOB = `SELECT id FROM jobs WHERE id = $1 FOR UPDATE`;
 
 /**
  * The claim transition: one atomic `Queued -> Running` that sets lease_token,
- * lease_expires_at, worker_id and started_at and opens the attempt's history row.
+ * lease_expires_at, worker_id and started_at and opens the attempt's history row. The lease
+ * runs for the job's `heartbeat_timeout_seconds`, at most `leaseCeilingSeconds`.
  */
 export async function claimTask(
   db: Db,
   taskId: string,
   workerId: string,
-  leaseSeconds: number,
+  leaseCeilingSeconds: number,
 ): Promise<{ claimed: ClaimedRow } | { reason: NotClaimedReason }> {
-  const fast = await db.query<ClaimedRow>(CLAIM_UNCAPPED, [taskId, workerId, leaseSeconds]);
+  const fast = await db.query<ClaimedRow>(CLAIM_UNCAPPED, [taskId, workerId, leaseCeilingSeconds]);
   if (fast.rows[0]) return { claimed: fast.rows[0] };
   return db.tx(async (q) => {
     const s = await q.query<{ status: string; job_id: string; max_concurrency: number | null }>(TASK_STATUS, [taskId]);
@@ -77,7 +82,7 @@ export async function claimTask(
       return { reason: 'AlreadyRunning' as const };
     }
     await q.query(LOCK_JOB, [row.job_id]);
-    const c = await q.query<ClaimedRow>(CLAIM_CAPPED, [taskId, workerId, leaseSeconds, row.max_concurrency]);
+    const c = await q.query<ClaimedRow>(CLAIM_CAPPED, [taskId, workerId, leaseCeilingSeconds, row.max_concurrency]);
     if (c.rows[0]) return { claimed: c.rows[0] };
     const again = await q.query<{ status: string }>(`SELECT status FROM tasks WHERE id = $1`, [taskId]);
     const st = again.rows[0]?.status ?? 'NotFound';

@@ -1,9 +1,10 @@
-import { TraceError, badRequest } from '../../core/errors.js';
+import { TraceError, badRequest, conflict } from '../../core/errors.js';
+import { canonicalJson } from '../../core/ids.js';
 import type { Queryable } from '../../db/db.js';
 import type { JobRow } from '../jobs.js';
 import { lockFenced } from './fence.js';
 import { recordEvents } from './events.js';
-import type { DatasetEvent, TaskRef, TaskRow, TaskStatus } from './types.js';
+import { countedAttempt, type DatasetEvent, type TaskRef, type TaskRow, type TaskStatus } from './types.js';
 
 export interface OperatorStateWrite {
   state_key: string;
@@ -38,6 +39,17 @@ export interface Completion {
  */
 export type CompletionHook = (q: Queryable, task: TaskRow, job: JobRow, c: Completion) => Promise<boolean>;
 
+/**
+ * Checks that the platform can read a published storage ref before it is recorded (see
+ * `checkPublishedRef` in ../publication.ts); throws 400 naming `field` when it cannot.
+ */
+export type PublishedRefCheck = (field: string, ref: Record<string, unknown>, task: { task_id: string; attempt: number }) => Promise<unknown>;
+
+/** Without an object store nothing can be checked, so nothing is accepted. */
+const noStore: PublishedRefCheck = async (field) => {
+  throw badRequest(`${field}: this Dispatcher has no object store configured, so it cannot accept publications`, 'OBJECT_STORE_NOT_CONFIGURED');
+};
+
 export interface CompletionResult {
   status: TaskStatus;
   /** false when this was a repeat of an already accepted completion (a no-op). */
@@ -62,6 +74,12 @@ INSERT INTO dataset_versions (id, dataset_uuid, storage_location, storage_ref, c
 VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
 ON CONFLICT DO NOTHING`;
 
+const LOCK_VERSION = `SELECT dataset_uuid, storage_ref FROM dataset_versions WHERE id = $1 FOR UPDATE`;
+
+/** Gives a version created without a storage ref (at deploy) the ref of its first publication. */
+const ATTACH_REF = `
+UPDATE dataset_versions SET storage_ref = $2::jsonb, storage_location = $3 WHERE id = $1 AND storage_ref IS NULL`;
+
 const RECORD_PARTITION = `
 INSERT INTO partition_versions (dataset_uuid, dataset_version, partition_key, config_hash, location, row_count, bytes)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -81,14 +99,14 @@ ON CONFLICT (dataset_uuid, dataset_version, job_id) DO UPDATE
 
 const FINISH_TASK = `
 UPDATE tasks SET status = $2, completed_at = CASE WHEN $2 = 'Failed' THEN NULL ELSE now() END,
-       outputs = $3::jsonb, error_message = $4, next_retry_at = $5, timed_out_at = NULL, updated_at = now()
+       outputs = $3::jsonb, error_message = $4, next_retry_at = $5, timed_out_at = NULL, waiting_on = NULL, updated_at = now()
 WHERE id = $1`;
 
 const FINISH_ATTEMPT = `
 UPDATE task_attempts SET status = $3, finished_at = now(), error_message = $4 WHERE task_id = $1 AND attempt = $2`;
 
 // A finished task frees a slot of a capped job: wake the oldest queued tasks of that job.
-const WAKE_THROTTLED = `
+export const WAKE_THROTTLED = `
 INSERT INTO outbox (kind, payload)
 SELECT CASE WHEN j.runtime IN ('lambda', 'dispatcher') THEN 'invoke_task' ELSE 'enqueue_task' END, jsonb_build_object('task_id', t.id)
 FROM (SELECT id, job_id FROM tasks WHERE job_id = $1 AND status = 'Queued' ORDER BY created_at LIMIT $2) t
@@ -100,7 +118,7 @@ JOIN jobs j ON j.id = t.job_id`;
 const COMPLETE_PLAIN = `
 WITH t AS (
   UPDATE tasks SET status = 'Completed', completed_at = now(), outputs = $4::jsonb, error_message = NULL,
-         next_retry_at = NULL, timed_out_at = NULL, updated_at = now()
+         next_retry_at = NULL, timed_out_at = NULL, waiting_on = NULL, updated_at = now()
   WHERE id = $1 AND attempt = $2 AND lease_token = $3 AND status = 'Running'
     AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(inputs) e WHERE e ? 'cursor')
     AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = tasks.job_id AND j.scaling->'max_concurrency' IS NOT NULL)
@@ -122,6 +140,42 @@ export async function completePlain(q: Queryable, ref: TaskRef, c: Completion): 
 }
 
 /**
+ * Records one publication on its dataset version, inside the completion's transaction. The
+ * version row may exist already (deploy creates each output's version without a storage ref):
+ * - no ref yet: the platform must be able to read Parquet at the ref (`checkRef`, 400 naming
+ *   the field otherwise), then the ref is attached (or the row created with it);
+ * - the same ref: nothing to do (a repeat is idempotent);
+ * - another ref, or a version of another dataset: 409 PUBLICATION_CONFLICT.
+ * Any refusal rolls the whole completion back.
+ */
+async function publishVersion(
+  q: Queryable,
+  task: TaskRow,
+  p: DatasetPublished,
+  i: number,
+  location: string | null,
+  checkRef: PublishedRefCheck,
+): Promise<void> {
+  const field = `datasets_published[${i}].storage_ref`;
+  const prior = (await q.query<{ dataset_uuid: string; storage_ref: unknown }>(LOCK_VERSION, [p.dataset_version])).rows[0];
+  if (prior && prior.dataset_uuid !== p.dataset_uuid) {
+    throw conflict(`datasets_published[${i}].dataset_version is a version of another dataset`, 'PUBLICATION_CONFLICT');
+  }
+  if (prior && prior.storage_ref !== null && prior.storage_ref !== undefined) {
+    if (canonicalJson(prior.storage_ref) === canonicalJson(p.storage_ref)) return;
+    throw conflict(`${field}: dataset version ${p.dataset_version} is already published with another storage reference; a version's data never changes (publish a new version)`, 'PUBLICATION_CONFLICT');
+  }
+  await checkRef(field, p.storage_ref, { task_id: task.id, attempt: task.attempt });
+  const ref = JSON.stringify(p.storage_ref);
+  const r = prior
+    ? await q.query(ATTACH_REF, [p.dataset_version, ref, location])
+    : await q.query(PUBLISH_VERSION, [p.dataset_version, p.dataset_uuid, location, ref, p.config_hash ?? null, p.range_start ?? null, p.range_end ?? null]);
+  if (r.rowCount === 0) {
+    throw conflict(`datasets_published[${i}]: another version of this dataset already has the same config_hash and range`, 'PUBLICATION_CONFLICT');
+  }
+}
+
+/**
  * The completion transition, fenced by `(task_id, attempt, lease_token)`. Operator state (CAS),
  * events, dataset publications, cursor advances and the status change commit together or not
  * at all. A repeat of an accepted completion is a no-op.
@@ -133,6 +187,7 @@ export async function completeTask(
   getJob: (id: string) => Promise<JobRow>,
   retryDelayMs: (attempt: number) => number,
   hooks: readonly CompletionHook[] = [],
+  checkRef: PublishedRefCheck = noStore,
 ): Promise<CompletionResult> {
   const { task, mode } = await lockFenced(q, ref);
   if (mode === 'finished') {
@@ -165,10 +220,11 @@ export async function completeTask(
       if (!owned.has(p.dataset_uuid)) {
         throw new TraceError(403, 'EVENT_NOT_OWNED', `datasets_published[${i}].dataset_uuid is not an output of this task's job`);
       }
+      const ranged = p.range_start !== undefined && p.range_end !== undefined;
+      if (ranged && !(p.range_end! > p.range_start!)) throw badRequest(`datasets_published[${i}]: range_end must be greater than range_start`);
       const location = typeof p.storage_ref.prefix === 'string' ? p.storage_ref.prefix : null;
-      await q.query(PUBLISH_VERSION, [p.dataset_version, p.dataset_uuid, location, JSON.stringify(p.storage_ref), p.config_hash ?? null, p.range_start ?? null, p.range_end ?? null]);
-      if (p.range_start !== undefined && p.range_end !== undefined) {
-        if (!(p.range_end > p.range_start)) throw badRequest(`datasets_published[${i}]: range_end must be greater than range_start`);
+      await publishVersion(q, task, p, i, location, checkRef);
+      if (ranged) {
         await q.query(RECORD_PARTITION, [p.dataset_uuid, p.dataset_version, `${p.range_start}-${p.range_end}`, p.config_hash ?? null, location, p.row_count ?? null, p.bytes ?? null]);
       }
     }
@@ -180,8 +236,9 @@ export async function completeTask(
     }
     error = null;
   } else if (c.status === 'Failed') {
-    if (task.attempt < task.max_attempts) {
-      retryAt = new Date(Date.now() + retryDelayMs(task.attempt));
+    // Attempts released on shutdown or failed by an unreachable dependency do not count.
+    if (countedAttempt(task) < task.max_attempts) {
+      retryAt = new Date(Date.now() + retryDelayMs(countedAttempt(task)));
     }
     error ??= 'failed without a message';
   }

@@ -12,7 +12,7 @@ import type { TaskRef, TaskRow } from './types.js';
 export type FenceMode = 'live' | 'late' | 'finished';
 
 const LOCK_TASK = `
-SELECT id, org_id, job_id, dedupe_key, status, attempt, max_attempts, timeout_seconds, inputs, trigger,
+SELECT id, org_id, job_id, dedupe_key, status, attempt, max_attempts, uncounted_attempts, waiting_on, timeout_seconds, inputs, trigger,
        worker_id, lease_token, lease_expires_at, started_at, completed_at, next_retry_at, timed_out_at,
        error_message, created_at
 FROM tasks WHERE id = $1 FOR UPDATE`;

@@ -1,12 +1,15 @@
 import { TraceError, notFound } from '../../core/errors.js';
 import type { Db } from '../../db/db.js';
 import type { TaskRef } from './types.js';
+import { JOB_LEASE_SECONDS } from './claim.js';
 
-// Extends the lease of the current attempt only. A heartbeat from an attempt the reaper timed
+// Extends the lease of the current attempt only, by the job's heartbeat_timeout_seconds (at most
+// the Dispatcher's ceiling $4): a worker that stops heartbeating loses the task that long after
+// its last beat. A heartbeat from an attempt the reaper timed
 // out, while no newer attempt has started, revives it: the worker is alive, just late.
 const HEARTBEAT = `
 WITH h AS (
-  UPDATE tasks SET status = 'Running', lease_expires_at = now() + make_interval(secs => $4), last_heartbeat = now(),
+  UPDATE tasks SET status = 'Running', lease_expires_at = now() + make_interval(secs => ${JOB_LEASE_SECONDS('$4', 'tasks')}), last_heartbeat = now(),
          timed_out_at = NULL, next_retry_at = NULL, updated_at = now()
   WHERE id = $1 AND attempt = $2 AND lease_token = $3
     AND (status = 'Running' OR (status = 'Failed' AND timed_out_at IS NOT NULL))
@@ -17,8 +20,8 @@ WITH h AS (
 )
 SELECT lease_expires_at FROM h`;
 
-export async function heartbeatTask(db: Db, ref: TaskRef, leaseSeconds: number): Promise<{ lease_expires_at: Date }> {
-  const r = await db.query<{ lease_expires_at: Date }>(HEARTBEAT, [ref.task_id, ref.attempt, ref.lease_token, leaseSeconds]);
+export async function heartbeatTask(db: Db, ref: TaskRef, leaseCeilingSeconds: number): Promise<{ lease_expires_at: Date }> {
+  const r = await db.query<{ lease_expires_at: Date }>(HEARTBEAT, [ref.task_id, ref.attempt, ref.lease_token, leaseCeilingSeconds]);
   if (r.rows[0]) return r.rows[0];
   const s = await db.query<{ status: string; attempt: number; lease_token: string | null }>(
     `SELECT status, attempt, lease_token FROM tasks WHERE id = $1`, [ref.task_id]);

@@ -14,8 +14,8 @@ WITH dead AS (
   UPDATE tasks t SET status = 'Failed', timed_out_at = now(), updated_at = now(),
          error_message = CASE WHEN t.started_at + make_interval(secs => t.timeout_seconds) < now()
                               THEN 'timed out after ' || t.timeout_seconds || ' s' ELSE 'lease expired (no heartbeat)' END,
-         next_retry_at = CASE WHEN t.attempt < t.max_attempts
-           THEN now() + make_interval(secs => least($3::float8, $2::float8 * power(2, t.attempt - 1)) * (0.5 + random()) / 1000.0)
+         next_retry_at = CASE WHEN t.attempt - t.uncounted_attempts < t.max_attempts
+           THEN now() + make_interval(secs => least($3::float8, $2::float8 * power(2, greatest(0, t.attempt - t.uncounted_attempts - 1))) * (0.5 + random()) / 1000.0)
            ELSE NULL END
   FROM dead WHERE t.id = dead.id
   RETURNING t.id, t.attempt, t.error_message, t.job_id

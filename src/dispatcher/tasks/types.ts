@@ -9,6 +9,10 @@ export interface TaskRow {
   status: TaskStatus;
   attempt: number;
   max_attempts: number;
+  /** Attempts that did not count toward max_attempts (released, infrastructure failures). */
+  uncounted_attempts: number;
+  /** The dependency a task failed by an infrastructure failure waits for, until it is queued again. */
+  waiting_on: string | null;
   timeout_seconds: number;
   inputs: unknown[];
   trigger: Record<string, unknown>;
@@ -22,6 +26,9 @@ export interface TaskRow {
   error_message: string | null;
   created_at: Date;
 }
+
+/** The attempt number that counts toward max_attempts (released and infrastructure attempts do not). */
+export const countedAttempt = (t: Pick<TaskRow, 'attempt' | 'uncounted_attempts'>): number => t.attempt - t.uncounted_attempts;
 
 export interface TaskRef {
   task_id: string;
