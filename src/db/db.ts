@@ -28,3 +28,22 @@ export interface Db extends Queryable {
 export async function notify(q: Queryable, channel: string, payload = ''): Promise<void> {
   await q.query('SELECT pg_notify($1, $2)', [channel, payload]);
 }
+
+/**
+ * One round trip with a short deadline: is the database answering right now? Rejects with the
+ * database's own error (a DependencyUnavailable for a Postgres pool with a role) or, past the
+ * deadline, with an error whose code is ETIMEDOUT. Readiness checks and dependency monitors use it.
+ */
+export async function pingDb(db: Queryable, timeoutMs: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' })), timeoutMs);
+  });
+  const probe = db.query('SELECT 1');
+  probe.catch(() => undefined); // a late failure after the deadline is not an unhandled rejection
+  try {
+    await Promise.race([probe, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

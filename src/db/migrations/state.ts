@@ -526,4 +526,45 @@ CREATE TABLE chain_sync_compactions (
 ALTER TABLE chain_sync_cursor ADD COLUMN compacted_through bigint;
 `,
   },
+  {
+    version: 5,
+    name: 'tasks: attempts that do not count (released, infrastructure failures) and the dependency a task waits on',
+    // Owned by src/dispatcher/tasks/ (release.ts, retry.ts). An attempt given back by a worker
+    // that shuts down, or failed because a database or the queue was unreachable, is recorded as
+    // Released and does not use up max_attempts: the counted attempt is attempt - uncounted_attempts.
+    sql: `
+ALTER TABLE tasks ADD COLUMN uncounted_attempts int NOT NULL DEFAULT 0;
+-- Set while a task waits for a retry after an infrastructure failure (state_database,
+-- data_database, queue, object_store, query_service, rpc_gateway); cleared when it is queued.
+ALTER TABLE tasks ADD COLUMN waiting_on text;
+CREATE INDEX tasks_waiting_on ON tasks (waiting_on) WHERE status = 'Failed' AND waiting_on IS NOT NULL;
+`,
+  },
+  {
+    version: 6,
+    name: 'chain_sync: the chain identity a sync commits against, range boundary hashes, halts',
+    // Owned by src/dispatcher/chain-sync/ (identity.ts). The identity is recorded by the first
+    // commit of a job; every committed range keeps the parent hash of its first block and the hash
+    // of its last block. A mismatch (another chain id or genesis, a node behind the committed
+    // blocks, a range that does not link to its neighbour) halts the job until a resume whose
+    // re-check passes.
+    sql: `
+ALTER TABLE chain_sync_jobs ADD COLUMN identity_chain_id bigint;
+ALTER TABLE chain_sync_jobs ADD COLUMN genesis_hash text;
+ALTER TABLE chain_sync_jobs ADD COLUMN identity_recorded_at timestamptz;
+ALTER TABLE chain_sync_jobs ADD COLUMN halt_code text;
+ALTER TABLE chain_sync_jobs ADD COLUMN halt_reason text;
+ALTER TABLE chain_sync_jobs ADD COLUMN halted_at timestamptz;
+ALTER TABLE chain_sync_jobs ADD CONSTRAINT chain_sync_jobs_identity
+  CHECK ((genesis_hash IS NULL) = (identity_chain_id IS NULL) AND (genesis_hash IS NULL) = (identity_recorded_at IS NULL));
+ALTER TABLE chain_sync_jobs ADD CONSTRAINT chain_sync_jobs_halt
+  CHECK ((halt_code IS NULL) = (halt_reason IS NULL) AND (halt_code IS NULL) = (halted_at IS NULL));
+
+-- Boundary hashes of a committed range (null for ranges committed before this migration).
+ALTER TABLE chain_sync_scheduled_ranges ADD COLUMN first_parent_hash text;
+ALTER TABLE chain_sync_scheduled_ranges ADD COLUMN last_block_hash text;
+ALTER TABLE chain_sync_compactions ADD COLUMN first_parent_hash text;
+ALTER TABLE chain_sync_compactions ADD COLUMN last_block_hash text;
+`,
+  },
 ];

@@ -6,7 +6,7 @@
  * extra denied ranges, e.g. the VPC CIDR when it is public space), TRACE_DELIVERY_CONCURRENCY
  * (default 8). Applies pending data migrations at start.
  */
-import { readEnv } from '../../core/config.js';
+import { readEnv, shutdownGraceMsFromEnv } from '../../core/config.js';
 import { createLogger, type Logger } from '../../core/log.js';
 import { openDb } from '../../db/open.js';
 import { migrate } from '../../db/migrate.js';
@@ -27,12 +27,12 @@ export async function runDeliveryProcess(penv: NodeJS.ProcessEnv, opts: { log?: 
   const deny = penv.TRACE_DELIVERY_DENY_CIDRS?.trim();
   const denied = deny ? blockListFromCidrs(deny.split(',')) : undefined;
   const log = opts.log ?? createLogger('delivery');
-  const data = await openDb(env.dataDatabaseUrl, { max: Math.min(concurrency + 2, 20), applicationName: 'trace-delivery' });
+  const data = await openDb(env.dataDatabaseUrl, { max: Math.min(concurrency + 2, 20), applicationName: 'trace-delivery', role: 'data' });
   try {
     await migrate(data, 'data');
     const loopback = allowHttpLoopbackFromEnv(penv);
     if (loopback) log.warn('TRACE_DELIVERY_ALLOW_HTTP_LOOPBACK is on: http:// loopback receivers are allowed (development only)');
-    const delivery = startDelivery({ data, log, concurrency, allowHttpLoopback: loopback, ...(denied ? { send: { deniedAddresses: denied } } : {}) });
+    const delivery = startDelivery({ data, log, concurrency, allowHttpLoopback: loopback, stopGraceMs: shutdownGraceMsFromEnv(penv), ...(denied ? { send: { deniedAddresses: denied } } : {}) });
     log.info({ owner: delivery.owner, concurrency }, 'delivery service started');
     return {
       delivery,

@@ -21,6 +21,9 @@ import { randomBytes } from 'node:crypto';
 import type { Db } from '../../db/db.js';
 import type { Logger } from '../../core/log.js';
 import { backoffDelayMs, DELIVERY_BACKOFF, type BackoffPolicy } from '../../core/backoff.js';
+import { DEFAULT_SHUTDOWN_GRACE_SECONDS } from '../../core/config.js';
+import { isConnectionFailure } from '../../core/dependency.js';
+import { retryUntil, sleep } from '../../core/retry.js';
 import { sendWebhook, type SendWebhookInput, type SendWebhookResult } from '../net/index.js';
 import { DELIVERY_CHANNEL, failExhausted, leaseDue, recordOutcome, sendContext, type LeasedDelivery, type Outcome } from './store.js';
 
@@ -42,6 +45,8 @@ export interface DeliveryOptions {
   maxAttempts?: number;
   /** Development only: http:// and loopback destinations. */
   allowHttpLoopback?: boolean;
+  /** How long stop() lets sends in flight finish before aborting them (default 25 s). */
+  stopGraceMs?: number;
   /** Sender knobs (timeouts, resolver, CA, deny list, transport for tests). */
   send?: Partial<Pick<SendWebhookInput, 'timeoutMs' | 'connectTimeoutMs' | 'lookup' | 'ca' | 'transport' | 'deniedAddresses' | 'maxResponseBytes'>>;
 }
@@ -81,8 +86,18 @@ export function startDelivery(opts: DeliveryOptions, run = true): DeliveryHandle
     const started = new Date();
     const maxAttempts = opts.maxAttempts ?? d.max_attempts;
     const dlog = log.child({ org_id: d.org_id, delivery_id: d.id, attempt: d.attempt, channel: d.channel });
+    // Reads and the outcome write are retried while the lease holds: a data database outage in
+    // the middle of a send must not lose its outcome (and send it again after the lease expires).
+    const leaseEnd = started.getTime() + leaseSeconds * 1000 - Math.min(5_000, leaseSeconds * 100);
+    const whileLeased = <T>(what: string, op: () => Promise<T>) => retryUntil(op, {
+      deadline: () => leaseEnd,
+      retryable: isConnectionFailure,
+      onRetry: (e, tryNo) => {
+        if (tryNo === 0) dlog.warn({ what, err: e instanceof Error ? e.message : String(e) }, 'data database unreachable; retrying while the delivery lease holds');
+      },
+    });
     let outcome: Outcome;
-    const ctx = await sendContext(opts.data, d);
+    const ctx = await whileLeased('read', () => sendContext(opts.data, d));
     const channel = ctx?.definition?.channels.find((c) => c.name === d.channel);
     if (!ctx || !ctx.definition || ctx.definition.deleted || !ctx.definition.enabled || !channel) {
       const why = !ctx ? 'the alert event no longer exists' : !ctx.definition || ctx.definition.deleted ? 'the alert definition was deleted'
@@ -124,7 +139,7 @@ export function startDelivery(opts: DeliveryOptions, run = true): DeliveryHandle
         outcome = { status: 'Failed', status_code: res.status ?? null, error: why.slice(0, MAX_ERROR), audit };
       }
     }
-    const kept = await recordOutcome(opts.data, d, owner, outcome);
+    const kept = await whileLeased('record', () => recordOutcome(opts.data, d, owner, outcome));
     if (!kept) {
       stats.lost_leases++;
       dlog.warn('the delivery lease expired before the outcome was recorded; another instance owns it now');
@@ -178,13 +193,22 @@ export function startDelivery(opts: DeliveryOptions, run = true): DeliveryHandle
       } catch (e) {
         log.warn({ err: e instanceof Error ? e.message : String(e) }, 'could not LISTEN for new deliveries; polling only');
       }
+      let failures = 0;
       while (!stopped) {
         kicked = false;
         let n = 0;
         try {
           n = await drainOnce();
+          if (failures > 0) log.info({ failures }, 'delivery rounds succeed again');
+          failures = 0;
         } catch (e) {
-          if (!stopped) log.error({ err: e instanceof Error ? e.message : String(e) }, 'delivery round failed');
+          if (!stopped) {
+            // One line per outage (the data database is unreachable), then quiet retries with backoff.
+            failures++;
+            if (failures === 1) log.error({ err: e instanceof Error ? e.message : String(e) }, 'delivery round failed; retrying with backoff');
+            await sleep(backoffDelayMs({ baseMs: 250, maxMs: 5_000 }, failures - 1), abort.signal);
+            continue;
+          }
         }
         if (stopped) break;
         if (n >= batchSize || kicked) continue;
@@ -203,9 +227,15 @@ export function startDelivery(opts: DeliveryOptions, run = true): DeliveryHandle
     stats,
     owner,
     async stop() {
+      // No new leases; sends in flight finish within the grace period, then they are aborted
+      // (an aborted send is recorded as a retryable attempt).
       stopped = true;
-      abort.abort();
       wake?.();
+      let t: NodeJS.Timeout | undefined;
+      const graceOver = new Promise<void>((r) => { t = setTimeout(r, opts.stopGraceMs ?? DEFAULT_SHUTDOWN_GRACE_SECONDS * 1000); });
+      await Promise.race([loop, graceOver]);
+      clearTimeout(t);
+      abort.abort();
       await loop;
       if (unlisten) await unlisten().catch(() => undefined);
     },

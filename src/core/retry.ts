@@ -1,0 +1,54 @@
+import { backoffDelayMs, type BackoffPolicy } from './backoff.js';
+
+/**
+ * Retries an idempotent operation on transient failures until a deadline: the one retry loop
+ * behind every "keep trying while the lease lasts" in Trace (a worker's completion, events and
+ * buffer publishes, a Delivery Service outcome). The deadline is read before every try, so a
+ * heartbeat that extends the lease also extends the retrying.
+ *
+ * A try is started only when it can begin before the deadline; the last error is thrown once the
+ * next wait would cross it, when the error is not retryable, or when `signal` aborts.
+ */
+export interface RetryUntilOptions {
+  /** Epoch milliseconds after which no new try starts. */
+  deadline: () => number;
+  /** Which failures are worth another try (transport errors, 5xx, unreachable dependencies). */
+  retryable: (e: unknown) => boolean;
+  /** Wait between tries: min(max, base * 2^n) * rand(0.5..1.5). Default 250 ms to 5 s. */
+  backoff?: BackoffPolicy;
+  signal?: AbortSignal;
+  /** Called before each wait (logging). */
+  onRetry?: (e: unknown, tryNo: number, delayMs: number) => void;
+}
+
+export const DEADLINE_RETRY_BACKOFF: BackoffPolicy = { baseMs: 250, maxMs: 5_000 };
+
+export async function retryUntil<T>(op: (tryNo: number) => Promise<T>, o: RetryUntilOptions): Promise<T> {
+  const policy = o.backoff ?? DEADLINE_RETRY_BACKOFF;
+  for (let tryNo = 0; ; tryNo++) {
+    try {
+      return await op(tryNo);
+    } catch (e) {
+      if (!o.retryable(e) || o.signal?.aborted) throw e;
+      const delay = backoffDelayMs(policy, tryNo);
+      if (Date.now() + delay >= o.deadline()) throw e;
+      o.onRetry?.(e, tryNo, delay);
+      await sleep(delay, o.signal);
+      if (o.signal?.aborted) throw e;
+    }
+  }
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
+      clearTimeout(t);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
