@@ -62,13 +62,58 @@ export function readEnv(env: NodeJS.ProcessEnv = process.env): TraceEnv {
   return out;
 }
 
+/** A positive integer from the environment, or `fallback` when unset; a bad value is an error naming the variable. */
+export function intFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: number, range: { min?: number; max?: number } = {}): number {
+  const raw = opt(env, name);
+  if (raw === undefined) return fallback;
+  const n = Number(raw);
+  const min = range.min ?? 1;
+  const max = range.max ?? Number.MAX_SAFE_INTEGER;
+  if (!/^\d+$/.test(raw) || !Number.isSafeInteger(n) || n < min || n > max) {
+    throw new Error(`${name} must be an integer from ${min} to ${max} (got "${raw.slice(0, 40)}")`);
+  }
+  return n;
+}
+
+/**
+ * Timeouts of every Postgres pool (operations: no request outlives its cap, a frozen database
+ * cannot hang a caller). `TRACE_DB_CONNECT_TIMEOUT_MS` bounds opening a connection and waiting
+ * for a free one; `TRACE_DB_STATEMENT_TIMEOUT_MS` is the server-side `statement_timeout`, also
+ * enforced on the client (plus 2 s) for a server that stopped answering; idle connections close
+ * after `TRACE_DB_IDLE_TIMEOUT_MS`, and a transaction left idle is ended by the server after
+ * twice the statement timeout.
+ */
+export interface DbTimeouts {
+  connectTimeoutMs: number;
+  statementTimeoutMs: number;
+  idleTimeoutMs: number;
+}
+
+export const DB_TIMEOUT_DEFAULTS: DbTimeouts = { connectTimeoutMs: 5_000, statementTimeoutMs: 30_000, idleTimeoutMs: 30_000 };
+
+export function dbTimeoutsFromEnv(env: NodeJS.ProcessEnv = process.env): DbTimeouts {
+  return {
+    connectTimeoutMs: intFromEnv(env, 'TRACE_DB_CONNECT_TIMEOUT_MS', DB_TIMEOUT_DEFAULTS.connectTimeoutMs, { min: 100, max: 600_000 }),
+    statementTimeoutMs: intFromEnv(env, 'TRACE_DB_STATEMENT_TIMEOUT_MS', DB_TIMEOUT_DEFAULTS.statementTimeoutMs, { min: 100, max: 3_600_000 }),
+    idleTimeoutMs: intFromEnv(env, 'TRACE_DB_IDLE_TIMEOUT_MS', DB_TIMEOUT_DEFAULTS.idleTimeoutMs, { min: 100, max: 3_600_000 }),
+  };
+}
+
+/** How long SIGTERM/SIGINT lets in-flight work finish before its leases are released (`TRACE_SHUTDOWN_GRACE_SECONDS`, default 25 s). */
+export const DEFAULT_SHUTDOWN_GRACE_SECONDS = 25;
+
+export function shutdownGraceMsFromEnv(env: NodeJS.ProcessEnv = process.env): number {
+  return intFromEnv(env, 'TRACE_SHUTDOWN_GRACE_SECONDS', DEFAULT_SHUTDOWN_GRACE_SECONDS, { min: 0, max: 3600 }) * 1000;
+}
+
 export const DEFAULT_PORTS = { gateway: 8080, dispatcher: 8081, query: 8082, rpcGateway: 8083 } as const;
 
 export const liteJsonPath = (home: string) => join(home, 'lite.json');
 
 /** Defaults from operations.md. */
 export const DEFAULTS = {
-  leaseSeconds: 120,
+  /** Ceiling on a task lease; the lease itself is the job's heartbeat_timeout_seconds. */
+  leaseSeconds: 3600,
   heartbeatSeconds: 30,
   maxAttempts: 3,
   timeoutSeconds: 3600,

@@ -1,5 +1,7 @@
 import { mkdir, rm, writeFile } from 'node:fs/promises';
-import { readEnv, liteJsonPath, DEFAULT_PORTS, type TraceEnv } from '../core/config.js';
+import { TraceError } from '../core/errors.js';
+import { readEnv, liteJsonPath, DEFAULT_PORTS, shutdownGraceMsFromEnv, type TraceEnv } from '../core/config.js';
+import { pingDb } from '../db/db.js';
 import { createLogger, type Logger } from '../core/log.js';
 import { openDatabases, type Databases } from '../db/open.js';
 import { migrate } from '../db/migrate.js';
@@ -8,18 +10,24 @@ import { createCapabilityIssuer, capabilityKeyConfigFromEnv, es256KeyConfigFromE
 import { createUserVerifier, mintDevUserToken, userVerifierConfigFromEnv } from '../auth/user.js';
 import { operatorCatalog, operatorRegistry } from '../operators/registry.js';
 import { Dispatcher } from '../dispatcher/dispatcher.js';
-import { defaultSettings, type DispatcherSettings } from '../dispatcher/settings.js';
+import { WorkerDagParser } from '../dispatcher/dag-parser.js';
+import { defaultSettings, dispatcherSettingsFromEnv, type DispatcherSettings } from '../dispatcher/settings.js';
 import { bootstrapDeployment } from '../dispatcher/identity.js';
 import { InProcessExecutor } from '../dispatcher/executors.js';
 import { startWorker, type WorkerHandle } from '../worker/worker.js';
 import { TaskClient } from '../worker/task-client.js';
 import { loadOrCreateSecrets } from './secrets.js';
 import { startQueryService } from './query.js';
+import { queryConfigFromEnv } from '../query/settings.js';
+import type { QueryServiceConfig } from '../query/service.js';
 import { chainSyncPlugin } from '../dispatcher/chain-sync/index.js';
 import { createCryoIngestOperator } from '../operators/cryo_ingest/operator.js';
-import { startDemo } from './demo.js';
+import { acquireHomeLock } from './lock.js';
+import type { DemoHandle, DemoOptions } from './demo.js';
+import { anvilBinary } from './devchain.js';
 import { startRpcGateway } from '../rpc-gateway/gateway.js';
 import { startGateway, gatewaySettingsFromEnv } from '../gateway/main.js';
+import { datasetRootsFromEnv } from '../dispatcher/publication.js';
 import { openObjectStore } from '../objectstore/open.js';
 import { deriveUploadSecret, udfPlugin, UdfExecutor, withAttemptScopes } from '../dispatcher/udf/index.js';
 import { alertingPlugin, alertEvaluateContext, createAlertRouteStore } from '../alerting/index.js';
@@ -27,6 +35,7 @@ import { allowHttpLoopbackFromEnv } from '../delivery/net/index.js';
 import { startSink } from '../sink/sink.js';
 import { httpDatasetEvents } from '../sink/events.js';
 import { startDelivery } from '../delivery/service/service.js';
+import { sandboxConfigFromEnv, UdfSandbox, type SandboxState } from '../udf/sandbox/index.js';
 
 export interface LiteOptions {
   home?: string;
@@ -40,10 +49,16 @@ export interface LiteOptions {
   settings?: Partial<DispatcherSettings>;
   includeTestOperators?: boolean;
   log?: Logger;
-  /** Start a local dev chain and a follow_head chain sync against it. */
+  /** Start a local dev chain, a follow_head chain sync against it, and an alert to a local receiver. */
   demo?: boolean;
+  /** Demo knobs (tests): block interval, transfers per block, history, publish interval. */
+  demoOptions?: Pick<DemoOptions, 'blockIntervalMs' | 'transfersPerBlock' | 'historyBlocks' | 'publishIntervalMs' | 'alertMinValue'>;
   /** Heartbeat interval override for in-process workers (tests). */
   heartbeatMs?: number;
+  /** How long stop() lets running tasks finish before their leases are released (default TRACE_SHUTDOWN_GRACE_SECONDS, 25 s). */
+  shutdownGraceMs?: number;
+  /** Query Service settings over the environment's (TRACE_QUERY_*) and the defaults. */
+  query?: Partial<QueryServiceConfig>;
 }
 
 export interface LiteInfo {
@@ -58,63 +73,133 @@ export interface LiteInfo {
   admin_sub: string;
   pid: number;
   started_at: string;
+  /** How local UDF runs are isolated: `bubblewrap`, `unsafe-none` (opted out) or `unavailable`. */
+  udf_sandbox: SandboxState;
+  /** Why the sandbox is unavailable (UDF tasks fail until it is fixed). */
+  udf_sandbox_reason?: string;
+  /** Present with `--demo`: the dev chain, its RPC gateway, the chain sync, the alert and its receiver. */
+  demo?: LiteDemoInfo;
+}
+
+export interface LiteDemoInfo {
+  chain_url: string;
+  chain_id: number;
+  rpc_gateway_url: string;
+  rpc_pool: string;
+  chain_sync: string;
+  datasets: string[];
+  token: string;
+  /** The local webhook receiver the demo alert delivers to (plain http on loopback). */
+  webhook_url: string;
+  alert_id: string;
+  alert_dag: string;
 }
 
 export interface LiteHandle {
   info: LiteInfo;
+  /** The running demo (with `demo: true`). */
+  demo?: DemoHandle;
   dispatcher: Dispatcher;
   dbs: Databases;
   queue: PgQueue;
   workers: WorkerHandle[];
-  stop(): Promise<void>;
+  udfSandbox: UdfSandbox;
+  /**
+   * Drains and stops, in this order: workers stop claiming and the Dispatcher stops leasing; work
+   * in flight (worker tasks and the Dispatcher's own runs, UDFs included) gets the grace period
+   * and whatever still runs after it is released; then the sink, delivery, gateway and query
+   * listeners stop; the Dispatcher closes last, so every completion of the drain reaches it.
+   */
+  stop(opts?: { graceMs?: number }): Promise<void>;
 }
 
 const ADMIN_SUB = 'admin';
+
+/** Binds a listener; a taken port becomes one clear line naming the service and the port. */
+async function bind<T>(what: string, host: string, port: number, start: () => Promise<T>): Promise<T> {
+  try {
+    return await start();
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE') throw new TraceError(409, 'PORT_IN_USE', `the ${what} cannot listen on ${host}:${port}: the port is in use (another trace lite up, or another program)`);
+    if (code === 'EACCES') throw new TraceError(409, 'PORT_DENIED', `the ${what} may not listen on ${host}:${port}`);
+    throw e;
+  }
+}
 
 /**
  * The whole platform in one process: databases (embedded PGlite under TRACE_HOME unless
  * TRACE_STATE_DATABASE_URL is set), migrations, the Dispatcher with its loops, and a worker
  * pool. Writes `$TRACE_HOME/lite.json` with every URL and the dev credentials.
+ *
+ * Order matters: the home lock is taken first (one instance per home), then every listener is
+ * bound (Dispatcher, Query Service, Gateway, RPC gateway, the demo's chain and receiver), and
+ * only then do loops start (Dispatcher loops, workers, sink, delivery). A taken port or a
+ * locked home therefore fails before anything runs, and everything started is stopped again.
  */
 export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
-  const env: TraceEnv = readEnv(opts.env ?? process.env);
+  const penv = opts.env ?? process.env;
+  const env: TraceEnv = readEnv(penv);
+  const graceMs = opts.shutdownGraceMs ?? shutdownGraceMsFromEnv(penv);
   const home = opts.home ?? env.home;
   const log = opts.log ?? createLogger('trace-lite');
-  await mkdir(home, { recursive: true });
-  const dbs = await openDatabases({
-    home,
-    ...(env.stateDatabaseUrl ? { stateUrl: env.stateDatabaseUrl } : {}),
-    ...(env.dataDatabaseUrl ? { dataUrl: env.dataDatabaseUrl } : {}),
-    ...(env.queueDatabaseUrl ? { queueUrl: env.queueDatabaseUrl } : {}),
-  });
-  // Listeners started so far, stopped in reverse order on shutdown or when startup fails.
+  // Bad sandbox settings are a start-up error naming the variable, before anything starts.
+  const sandboxConfig = sandboxConfigFromEnv(penv);
+  // The demo's dev chain is a development dependency: without it, say so before anything starts.
+  if (opts.demo) anvilBinary(penv);
+  await mkdir(home, { recursive: true, mode: 0o700 });
+  const lock = await acquireHomeLock(home);
+  let dbs: Databases;
+  try {
+    dbs = await openDatabases({
+      home,
+      ...(env.stateDatabaseUrl ? { stateUrl: env.stateDatabaseUrl } : {}),
+      ...(env.dataDatabaseUrl ? { dataUrl: env.dataDatabaseUrl } : {}),
+      ...(env.queueDatabaseUrl ? { queueUrl: env.queueDatabaseUrl } : {}),
+    });
+  } catch (e) {
+    await lock.release();
+    throw e;
+  }
+  // What started so far, stopped in reverse order on shutdown or when startup fails.
   const services: Array<() => Promise<void>> = [];
   let dispatcherStarted: Dispatcher | undefined;
+  let queueOpened: PgQueue | undefined;
+  const workers: WorkerHandle[] = [];
+  let udfSandbox: UdfSandbox | undefined;
   try {
+    // Probed once: every local UDF run goes through this boundary (or is refused).
+    udfSandbox = await UdfSandbox.start({ config: sandboxConfig, log: log.child({ component: 'udf-sandbox' }) });
     await migrate(dbs.state, 'state');
     await migrate(dbs.data, 'data');
+    if (dbs.queue !== dbs.state) await migrate(dbs.queue, 'queue');
     const { org_id } = await bootstrapDeployment(dbs.state, { adminSub: ADMIN_SUB });
     const secrets = await loadOrCreateSecrets(home);
     const workerToken = env.workerToken ?? secrets.worker_token;
-    const keyCfg = es256KeyConfigFromEnv(opts.env ?? process.env) ?? capabilityKeyConfigFromEnv(env) ?? { alg: 'HS256' as const, current: { kid: secrets.task_capability_kid, secret: secrets.task_capability_secret } };
+    const keyCfg = es256KeyConfigFromEnv(penv) ?? capabilityKeyConfigFromEnv(env) ?? { alg: 'HS256' as const, current: { kid: secrets.task_capability_kid, secret: secrets.task_capability_secret } };
     const store = openObjectStore(env.objectStoreUrl, home);
     // Each attempt's token carries its own scratch and buffer prefixes (credential minting).
     const issuer = withAttemptScopes(await createCapabilityIssuer(keyCfg), store.rootUrl);
     const userCfg = userVerifierConfigFromEnv(env) ?? { mode: 'dev' as const, secret: secrets.user_jwt_secret };
     const userVerifier = createUserVerifier(userCfg);
     const queue = new PgQueue(dbs.queue);
+    queueOpened = queue;
     const registryOpts = { includeTestOperators: opts.includeTestOperators ?? false, alertRouteStore: createAlertRouteStore(dbs.data) };
     const registry = operatorRegistry(registryOpts);
     // Operators reach chain RPC only through the RPC egress gateway (the demo starts one).
-    const rpcGateway: { url?: string } = { url: (opts.env ?? process.env).TRACE_RPC_GATEWAY_URL };
+    const rpcGateway: { url?: string } = { url: penv.TRACE_RPC_GATEWAY_URL };
     registry.set('cryo_ingest', createCryoIngestOperator({ objectStore: store, rpcGatewayUrl: () => rpcGateway.url }));
     const host = opts.host ?? '127.0.0.1';
-    const self: { url?: string; queryUrl?: string } = {};
-    const executor = new InProcessExecutor({ dispatcherUrl: () => self.url, registry, log });
-    const loopback = allowHttpLoopbackFromEnv(opts.env ?? process.env);
+    const self: { url?: string; queryUrl?: string; dispatcher?: Dispatcher } = {};
+    const executor = new InProcessExecutor({ dispatcherUrl: () => self.dispatcher?.url, registry, log, workerToken });
+    // The demo delivers its alert to its own plain-http loopback receiver: it turns on the
+    // development switch for this process (and says so).
+    const loopback = allowHttpLoopbackFromEnv(penv) || opts.demo === true;
     const udfExecutor = new UdfExecutor({
-      state: dbs.state, store, dispatcherUrl: () => self.url!, queryUrl: () => self.queryUrl ?? env.queryUrl ?? `http://127.0.0.1:${DEFAULT_PORTS.query}`,
-      fallback: executor, context: alertEvaluateContext(dbs.data), log: log.child({ component: 'udf' }),
+      state: dbs.state, store, dispatcherUrl: () => self.dispatcher?.url, queryUrl: () => self.queryUrl ?? env.queryUrl ?? `http://127.0.0.1:${DEFAULT_PORTS.query}`,
+      fallback: executor, context: alertEvaluateContext(dbs.data), log: log.child({ component: 'udf' }), workerToken,
+      dependencyOutage: (since) => self.dispatcher?.ctx.monitor.downDuring(since),
+      sandbox: udfSandbox,
     });
     const uploadSecret = deriveUploadSecret(secrets.task_capability_secret);
     const dispatcher = new Dispatcher({
@@ -126,55 +211,53 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
       userVerifier,
       workerToken,
       catalog: operatorCatalog(registryOpts),
+      dagParser: new WorkerDagParser({ includeTestOperators: registryOpts.includeTestOperators }),
       allowHiddenOperators: opts.includeTestOperators ?? false,
       executors: { dispatcher: executor, lambda: udfExecutor },
       orgId: org_id,
-      settings: defaultSettings(opts.settings),
+      datasetStorage: { store, roots: datasetRootsFromEnv(penv, store, home) },
+      settings: defaultSettings({ ...dispatcherSettingsFromEnv(penv), ...opts.settings }),
       log: log.child({ component: 'dispatcher' }),
+      probes: {
+        data_database: (ms) => pingDb(dbs.data, ms),
+        ...(dbs.queue !== dbs.state ? { queue: (ms: number) => pingDb(dbs.queue, ms) } : {}),
+      },
     }, [], [
-      udfPlugin({ store, publicUrl: () => self.url!, uploadSecret }),
+      udfPlugin({ store, publicUrl: () => self.dispatcher?.url ?? self.url!, uploadSecret }),
       alertingPlugin({ data: dbs.data, allowHttpLoopback: loopback }),
       chainSyncPlugin({ objectStore: store, rpcGatewayUrl: () => rpcGateway.url }),
     ]);
-    await dispatcher.start({ host, port: opts.ports?.dispatcher ?? DEFAULT_PORTS.dispatcher });
+
+    self.dispatcher = dispatcher;
+    // 1. Every listener, before any loop.
+    const dispatcherPort = opts.ports?.dispatcher ?? DEFAULT_PORTS.dispatcher;
+    await bind('Dispatcher', host, dispatcherPort, () => dispatcher.start({ host, port: dispatcherPort, loops: false }));
     dispatcherStarted = dispatcher;
     const dispatcherUrl = dispatcher.url!;
     self.url = dispatcherUrl;
 
-    const query = await startQueryService({
-      state: dbs.state, data: dbs.data, orgId: org_id, userVerifier, capabilityVerifier: issuer.verifier(),
-      host, port: opts.ports?.query ?? DEFAULT_PORTS.query, log: log.child({ component: 'query-service' }),
-    });
+    const queryPort = opts.ports?.query ?? DEFAULT_PORTS.query;
+    const query = await bind('Query Service', host, queryPort, () => startQueryService({
+      state: dbs.state, data: dbs.data, orgId: org_id, userVerifier, capabilityVerifier: issuer.verifier(), dispatcherUrl,
+      host, port: queryPort, log: log.child({ component: 'query-service' }),
+      config: { ...queryConfigFromEnv(opts.env ?? process.env), ...opts.query },
+    }));
     self.queryUrl = query.url;
     services.push(() => query.stop());
 
-    const gwSettings = gatewaySettingsFromEnv(opts.env ?? process.env);
-    const gateway = await startGateway({
+    const gwSettings = gatewaySettingsFromEnv(penv);
+    const gatewayPort = opts.ports?.gateway ?? DEFAULT_PORTS.gateway;
+    const gateway = await bind('Gateway', host, gatewayPort, () => startGateway({
       dispatcherUrl,
       queryUrl: query.url,
       userVerifier,
       host,
-      port: opts.ports?.gateway ?? DEFAULT_PORTS.gateway,
+      port: gatewayPort,
       limits: gwSettings.limits,
       corsOrigins: gwSettings.corsOrigins,
       log: log.child({ component: 'gateway' }),
-    });
+    }));
     services.push(() => gateway.stop());
-
-    const workers: WorkerHandle[] = [];
-    const client = new TaskClient({ baseUrl: dispatcherUrl, workerToken });
-    for (let i = 0; i < (opts.workers ?? 2); i++) {
-      workers.push(startWorker({
-        queue, client, registry, workerId: `lite:${process.pid}:${i}`,
-        concurrency: opts.workerConcurrency ?? 4,
-        log: log.child({ component: 'worker', worker: i }),
-        ...(opts.heartbeatMs ? { heartbeatMs: opts.heartbeatMs } : {}),
-      }));
-    }
-    const sink = startSink({ data: dbs.data, queue, store, events: httpDatasetEvents({ dispatcherUrl, workerToken }), log: log.child({ component: 'sink' }) });
-    services.push(() => sink.stop());
-    const delivery = startDelivery({ data: dbs.data, log: log.child({ component: 'delivery' }), allowHttpLoopback: loopback });
-    services.push(() => delivery.stop());
 
     const info: LiteInfo = {
       profile: env.stateDatabaseUrl ? 'postgres' : 'embedded',
@@ -188,36 +271,83 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
       admin_sub: ADMIN_SUB,
       pid: process.pid,
       started_at: new Date().toISOString(),
+      ...udfSandbox.summary(),
     };
     if (!opts.demo && !rpcGateway.url && Object.keys(env.rpcPools).length > 0) {
-      const gw = await startRpcGateway({ pools: env.rpcPools, host, port: opts.ports?.rpcGateway ?? DEFAULT_PORTS.rpcGateway, log: log.child({ component: 'rpc-gateway' }) });
+      const rpcPort = opts.ports?.rpcGateway ?? DEFAULT_PORTS.rpcGateway;
+      const gw = await bind('RPC gateway', host, rpcPort, () => startRpcGateway({ pools: env.rpcPools, host, port: rpcPort, log: log.child({ component: 'rpc-gateway' }) }));
       rpcGateway.url = gw.url;
       services.push(() => gw.close());
     }
+    let demo: DemoHandle | undefined;
     if (opts.demo) {
-      const demo = await startDemo({ dispatcherUrl, adminToken: info.admin_token, host, onGateway: (url) => { rpcGateway.url = url; } });
-      services.push(() => demo.stop());
+      // The dev chain is a development dependency: imported only here.
+      const { startDemo } = await import('./demo.js');
+      demo = await startDemo({
+        dispatcherUrl, adminToken: info.admin_token, home, host, log: log.child({ component: 'demo' }),
+        ...(opts.ports?.rpcGateway !== undefined ? { rpcGatewayPort: opts.ports.rpcGateway } : {}),
+        ...opts.demoOptions,
+        onGateway: (url) => { rpcGateway.url = url; },
+      });
+      const d = demo;
+      services.push(() => d.stop());
+      info.demo = {
+        chain_url: d.chainUrl, chain_id: d.chainId, rpc_gateway_url: d.rpcGatewayUrl, rpc_pool: d.pool, chain_sync: d.jobName,
+        datasets: d.datasets, token: d.token, webhook_url: d.webhookUrl, alert_id: d.alertId, alert_dag: d.alertDag,
+      };
     }
+
+    // 2. The loops.
+    dispatcher.startLoops();
+    const client = new TaskClient({ baseUrl: dispatcherUrl, workerToken });
+    for (let i = 0; i < (opts.workers ?? 2); i++) {
+      workers.push(startWorker({
+        queue, client, registry, workerId: `lite:${process.pid}:${i}`,
+        concurrency: opts.workerConcurrency ?? 4,
+        log: log.child({ component: 'worker', worker: i }),
+        ...(opts.heartbeatMs ? { heartbeatMs: opts.heartbeatMs } : {}),
+      }));
+    }
+    const sink = startSink({ data: dbs.data, queue, store, events: httpDatasetEvents({ dispatcherUrl, workerToken }), log: log.child({ component: 'sink' }) });
+    services.push(() => sink.stop());
+    const delivery = startDelivery({ data: dbs.data, log: log.child({ component: 'delivery' }), allowHttpLoopback: loopback, stopGraceMs: graceMs });
+    services.push(() => delivery.stop());
+
     await writeFile(liteJsonPath(home), JSON.stringify(info, null, 2), { mode: 0o600 });
     let stopped = false;
+    const d = dbs;
+    const sandbox = udfSandbox;
     return {
-      info, dispatcher, dbs, queue, workers,
-      async stop() {
+      info, dispatcher, dbs: d, queue, workers, udfSandbox: sandbox, ...(demo ? { demo } : {}),
+      async stop(o = {}) {
         if (stopped) return;
         stopped = true;
+        const grace = o.graceMs ?? graceMs;
+        // No new work: workers stop claiming (synchronously, before anything awaits) and the
+        // Dispatcher stops leasing its own runtimes.
+        const workersDone = Promise.all(workers.map((w) => w.stop({ graceMs: grace })));
+        await dispatcher.stopLeasing();
+        // Work in flight finishes within the grace period; the rest is released.
+        await Promise.all([workersDone, dispatcher.ctx.drainRuns(grace)]);
         for (const stopService of services.reverse()) await stopService().catch(() => undefined);
-        await Promise.all(workers.map((w) => w.stop({ graceMs: 5_000 })));
         await dispatcher.stop();
         await queue.close();
-        await dbs.close();
+        await d.close();
+        await sandbox.close();
         await rm(liteJsonPath(home), { force: true });
+        await lock.release();
       },
     };
   } catch (e) {
+    await Promise.all(workers.map((w) => w.stop({ graceMs: 1_000 }).catch(() => undefined)));
     for (const stopService of services.reverse()) await stopService().catch(() => undefined);
     await dispatcherStarted?.stop().catch(() => undefined);
+    await queueOpened?.close().catch(() => undefined);
     await dbs.close().catch(() => undefined);
+    await udfSandbox?.close().catch(() => undefined);
+    await lock.release();
     throw e;
   }
 }
 
+export { liteSummary } from './summary.js';

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import type { Command } from '../args.js';
-import { UsageError } from '../args.js';
+import { UsageError, positionalOr } from '../args.js';
 import { api, resolveTarget, type ApiTarget } from '../client.js';
 import { renderTable } from '../table.js';
 
@@ -18,6 +18,8 @@ interface JobView {
   job_id: string; name: string; chain_id: number; mode: { kind: string; from_block: number; to_block?: number; tail_lag?: number };
   state: string; reason: string | null; paused: boolean; completed_at: string | null;
   head: Array<{ rpc_pool: string; head_block: number | null; age_seconds: number | null; last_error: string | null }> | null;
+  identity?: { chain_id: number; genesis_hash: string; recorded_at: string } | null;
+  halt?: { code: string; reason: string; at: string } | null;
   streams: StreamView[];
 }
 
@@ -39,6 +41,8 @@ export function renderStatus(jobs: JobView[]): string {
     const span = j.mode.kind === 'fixed_target' ? `fixed_target [${num(j.mode.from_block)}, ${num(j.mode.to_block ?? 0)})` : `follow_head from ${num(j.mode.from_block)}, tail_lag ${j.mode.tail_lag ?? 0}`;
     out.push(`${j.name}  chain ${j.chain_id}  ${span}  state: ${j.state}${j.reason ? ` (${j.reason})` : ''}`);
     out.push(`  job ${j.job_id}`);
+    if (j.identity) out.push(`  chain identity: chain ${j.identity.chain_id}, genesis ${j.identity.genesis_hash} (recorded ${j.identity.recorded_at})`);
+    if (j.halt) out.push(`  HALTED ${j.halt.code} since ${j.halt.at}: ${j.halt.reason}; after fixing the RPC pool: trace chain-sync resume --name ${j.name}`);
     for (const h of j.head ?? []) {
       out.push(`  head via ${h.rpc_pool}: ${h.head_block === null ? 'none yet' : num(h.head_block)}${h.age_seconds === null ? '' : ` (${h.age_seconds}s ago)`}${h.last_error ? `  last error: ${h.last_error}` : ''}`);
     }
@@ -70,11 +74,11 @@ async function fetchStatus(t: ApiTarget, job: string | undefined): Promise<JobVi
 export const chainSyncApply: Command = {
   name: 'chain-sync apply',
   summary: 'Apply a chain_sync YAML (idempotent by name: the same YAML changes nothing; a changed one updates the job).',
-  usage: 'trace chain-sync apply --file FILE [--json]',
+  usage: 'trace chain-sync apply FILE [--json]   (or --file FILE)',
   options: { file: { type: 'string', short: 'f' }, json: { type: 'boolean' } },
   async run({ values, positionals }) {
-    const file = (values.file as string | undefined) ?? positionals[0];
-    if (!file || positionals.length > (values.file ? 0 : 1)) throw new UsageError('expected --file FILE');
+    const file = positionalOr(values, positionals, 'file', 'FILE');
+    if (!file) throw new UsageError('expected a chain_sync YAML FILE');
     const yaml = await readFile(file, 'utf8').catch(() => { throw new UsageError(`cannot read ${file}`); });
     const r = await api<{ job_id: string; name: string; created: boolean; changed: boolean; streams: Array<{ dataset_key: string; dataset_name: string; dataset_uuid: string; active: boolean }> }>(
       await resolveTarget(), 'POST', '/v1/chain-sync', yaml, 'application/yaml');
@@ -105,7 +109,7 @@ function untilStopped(signal?: AbortSignal): { promise: Promise<void>; stopped: 
 /** Runs status once, or every second with `watch` until Ctrl-C (or `signal`). Exported for tests. */
 export async function runStatus(values: Record<string, unknown>, opts: { signal?: AbortSignal; intervalMs?: number; write?: (s: string) => void } = {}): Promise<void> {
   const write = opts.write ?? ((s: string) => { process.stdout.write(s); });
-  const job = values.job as string | undefined;
+  const job = (values.name ?? values.job) as string | undefined;
   const t = await resolveTarget();
   if (!values.watch) {
     const jobs = await fetchStatus(t, job);
@@ -132,11 +136,12 @@ export async function runStatus(values: Record<string, unknown>, opts: { signal?
 export const chainSyncStatus: Command = {
   name: 'chain-sync status',
   summary: 'Show chain sync progress per stream: cursor, target or head, ranges in flight, rate, last error. --watch redraws every second until Ctrl-C.',
-  usage: 'trace chain-sync status [--job ID|NAME] [--watch] [--json]',
-  options: { job: { type: 'string' }, watch: { type: 'boolean', short: 'w' }, json: { type: 'boolean' } },
+  usage: 'trace chain-sync status [NAME|ID] [--watch] [--json]   (or --name NAME|ID)',
+  options: { name: { type: 'string' }, watch: { type: 'boolean', short: 'w' }, json: { type: 'boolean' } },
+  aliases: { job: 'name' },
   async run({ values, positionals }) {
-    if (positionals.length > 0) throw new UsageError('unexpected argument; use --job ID');
-    await runStatus(values);
+    const name = positionalOr(values, positionals, 'name', 'chain sync NAME');
+    await runStatus({ ...values, ...(name !== undefined ? { name } : {}) });
   },
 };
 
@@ -146,11 +151,12 @@ function pauseResume(verb: 'pause' | 'resume'): Command {
     summary: verb === 'pause'
       ? 'Pause a chain sync: no new ranges are planned (ranges in flight still finish and commit).'
       : 'Resume a paused chain sync; ranges whose task gave up are planned again.',
-    usage: `trace chain-sync ${verb} --name NAME [--json]`,
+    usage: `trace chain-sync ${verb} NAME [--json]   (or --name NAME)`,
     options: { name: { type: 'string' }, json: { type: 'boolean' } },
+    aliases: { job: 'name' },
     async run({ values, positionals }) {
-      const name = (values.name as string | undefined) ?? positionals[0];
-      if (!name) throw new UsageError('expected --name NAME');
+      const name = positionalOr(values, positionals, 'name', 'chain sync NAME');
+      if (!name) throw new UsageError('expected a chain sync NAME');
       const r = await api<{ job_id: string; name: string; redriven?: number }>(await resolveTarget(), 'POST', `/v1/chain-sync/${encodeURIComponent(name)}/${verb}`);
       if (values.json) { process.stdout.write(`${JSON.stringify(r, null, 2)}\n`); return; }
       process.stdout.write(`${verb === 'pause' ? 'paused' : 'resumed'} chain sync ${r.name}${r.redriven ? ` (${r.redriven} range(s) re-planned)` : ''}\n`);

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import type { Command } from '../args.js';
-import { UsageError, intOption } from '../args.js';
-import { api, resolveTarget } from '../client.js';
+import { CliError, UsageError, intOption, positionalOr } from '../args.js';
+import { ApiError, api, resolveTarget } from '../client.js';
 import { renderTable } from '../table.js';
 
 function out(json: unknown, values: Record<string, unknown>, human: () => string): void {
@@ -12,10 +12,10 @@ export const dagDeploy: Command = {
   name: 'dag deploy',
   summary: 'Deploy a DAG YAML file as a new immutable version (idempotent: the same YAML is the same version).',
   usage: 'trace dag deploy FILE [--activate] [--json]',
-  options: { activate: { type: 'boolean' }, json: { type: 'boolean' } },
+  options: { file: { type: 'string', short: 'f' }, activate: { type: 'boolean' }, json: { type: 'boolean' } },
   async run({ values, positionals }) {
-    const file = positionals[0];
-    if (!file || positionals.length > 1) throw new UsageError('expected exactly one FILE');
+    const file = positionalOr(values, positionals, 'file', 'FILE');
+    if (!file) throw new UsageError('expected a DAG YAML FILE');
     const yaml = await readFile(file, 'utf8').catch(() => { throw new UsageError(`cannot read ${file}`); });
     const name = /^name:\s*["']?([a-z][a-z0-9_]*)["']?\s*$/m.exec(yaml)?.[1];
     if (!name) throw new UsageError(`${file} has no top-level "name:" with a valid DAG name`);
@@ -55,12 +55,12 @@ export const dagActivate: Command = {
 
 export const dagTrigger: Command = {
   name: 'dag trigger',
-  summary: 'Manually trigger a job of the active DAG version (a manual source event).',
-  usage: 'trace dag trigger NAME JOB [--cursor N | --range START-END] [--json]',
-  options: { cursor: { type: 'string' }, range: { type: 'string' }, json: { type: 'boolean' } },
+  summary: 'Manually trigger a job of the active DAG version (a manual source event). A trigger whose tasks would exceed the Dispatcher\'s limit (1,000 by default) asks for --yes.',
+  usage: 'trace dag trigger NAME JOB [--cursor N | --range START-END] [--yes] [--json]',
+  options: { cursor: { type: 'string' }, range: { type: 'string' }, yes: { type: 'boolean', short: 'y' }, json: { type: 'boolean' } },
   async run({ values, positionals }) {
     const [name, job] = positionals;
-    if (!name || !job) throw new UsageError('expected NAME and JOB');
+    if (!name || !job || positionals.length > 2) throw new UsageError('expected NAME and JOB');
     if (values.cursor !== undefined && values.range !== undefined) throw new UsageError('give --cursor or --range, not both');
     const body: Record<string, unknown> = {};
     if (values.cursor !== undefined) body.cursor = intOption(values.cursor, 'cursor');
@@ -70,7 +70,17 @@ export const dagTrigger: Command = {
       body.start = Number(m[1]);
       body.end = Number(m[2]);
     }
-    const r = await api<{ task_id: string }>(await resolveTarget(), 'POST', `/v1/dags/${encodeURIComponent(name)}/jobs/${encodeURIComponent(job)}/trigger`, body);
-    out(r, values, () => `created task ${r.task_id}`);
+    if (values.yes) body.confirm = true;
+    let r: { task_id: string; created: boolean; estimated_tasks?: number };
+    try {
+      r = await api(await resolveTarget(), 'POST', `/v1/dags/${encodeURIComponent(name)}/jobs/${encodeURIComponent(job)}/trigger`, body);
+    } catch (e) {
+      if (e instanceof ApiError && e.code === 'TRIGGER_NEEDS_CONFIRMATION' && !values.json) {
+        const b = e.body as { estimated_tasks?: number; limit?: number };
+        throw new CliError(e.code, `this trigger would create about ${b.estimated_tasks?.toLocaleString('en-US') ?? 'many'} tasks, more than the limit of ${b.limit?.toLocaleString('en-US') ?? '?'}; check the cursor or range, and add --yes to go ahead`);
+      }
+      throw e;
+    }
+    out(r, values, () => `${r.created ? 'created' : 'already triggered:'} task ${r.task_id}${r.estimated_tasks !== undefined ? ` (about ${r.estimated_tasks.toLocaleString('en-US')} tasks in all)` : ''}`);
   },
 };

@@ -1,66 +1,115 @@
-import { readEnv } from '../../core/config.js';
-import { createLogger } from '../../core/log.js';
-import { openDatabases } from '../../db/open.js';
-import { migrate } from '../../db/migrate.js';
-import { startLite } from '../../lite/lite.js';
-import { mintDevUserToken } from '../../auth/user.js';
-import { runWorkerProcess } from '../../worker/main.js';
-import { runDispatcherProcess } from '../../dispatcher/main.js';
-import { runGatewayProcess } from '../../gateway/main.js';
+import { readFile, rm } from 'node:fs/promises';
+import { liteJsonPath, readEnv } from '../../core/config.js';
+import type { LiteInfo } from '../../lite/lite.js';
+import { pidAlive } from '../../lite/lock.js';
 import type { Command } from '../args.js';
-import { UsageError, intOption } from '../args.js';
+import { CliError, UsageError, intOption } from '../args.js';
 
-/** Resolves when SIGINT or SIGTERM arrives. */
-function untilSignal(): Promise<string> {
-  return new Promise((resolve) => {
-    const on = (s: string) => () => resolve(s);
-    process.once('SIGINT', on('SIGINT'));
-    process.once('SIGTERM', on('SIGTERM'));
-  });
-}
+// Services are imported inside the command that runs them, so `trace --help` or an admin
+// command never loads databases, DuckDB, Fastify or the AWS SDK.
+
+import { drainingExit, exitSoon, serveUntilSignal, untilSignal } from '../serve.js';
 
 export const liteUp: Command = {
   name: 'lite up',
-  summary: 'Run the whole platform in one process on embedded Postgres under TRACE_HOME (or on real Postgres when TRACE_STATE_DATABASE_URL and TRACE_DATA_DATABASE_URL are set).',
-  usage: 'trace lite up [--home DIR] [--workers N] [--demo]',
-  options: { home: { type: 'string' }, workers: { type: 'string' }, demo: { type: 'boolean' } },
-  async run({ values }) {
+  summary: 'Run the whole platform in one process on embedded Postgres under TRACE_HOME (or on real Postgres when TRACE_STATE_DATABASE_URL and TRACE_DATA_DATABASE_URL are set). One instance per home; stop it with Ctrl-C or trace lite down.',
+  usage: 'trace lite up [--home DIR] [--workers N] [--demo] [--port-base N]   (--port-base: gateway N, dispatcher N+1, query N+2, RPC gateway N+3; 0 = any free ports)',
+  options: { home: { type: 'string' }, workers: { type: 'string' }, demo: { type: 'boolean' }, 'port-base': { type: 'string' } },
+  async run({ values, positionals }) {
+    if (positionals.length > 0) throw new UsageError(`unexpected "${positionals[0]!.slice(0, 40)}"`);
     const workers = intOption(values.workers, 'workers', 0) ?? 2;
+    const base = intOption(values['port-base'], 'port-base', 0);
+    if (base !== undefined && base > 65532) throw new UsageError('--port-base must be at most 65532');
+    const ports = base === undefined ? undefined : base === 0
+      ? { gateway: 0, dispatcher: 0, query: 0, rpcGateway: 0 }
+      : { gateway: base, dispatcher: base + 1, query: base + 2, rpcGateway: base + 3 };
     if (values.home) process.env.TRACE_HOME = String(values.home);
+    const [{ createLogger }, { startLite, liteSummary }] = await Promise.all([import('../../core/log.js'), import('../../lite/lite.js')]);
     const log = createLogger('trace-lite');
-    const lite = await startLite({ workers, log, demo: values.demo === true, ...(values.home ? { home: String(values.home) } : {}) });
-    const i = lite.info;
-    process.stderr.write(
-      `Trace is up (${i.profile} profile, home ${i.home})\n` +
-      `  gateway      ${i.gateway_url}\n` +
-      `  dispatcher   ${i.dispatcher_url}\n` +
-      `  query        ${i.query_url}\n` +
-      `  workers      ${workers} in process\n` +
-      `  worker token ${i.worker_token}\n` +
-      `  admin token  ${i.admin_token}\n` +
-      `  written to   ${i.home}/lite.json\n` +
-      `Try: trace dag deploy examples/dags/hello_ranges.yaml --activate\n`,
-    );
+    const lite = await startLite({ workers, log, demo: values.demo === true, ...(ports ? { ports } : {}), ...(values.home ? { home: String(values.home) } : {}) });
+    process.stdout.write(liteSummary(lite.info, workers));
     const sig = await untilSignal();
-    log.info({ signal: sig }, 'shutting down');
+    log.info({ signal: sig }, 'shutting down: no new claims; waiting for running tasks');
+    drainingExit('lite up');
     await lite.stop();
+    exitSoon(0);
+  },
+};
+
+async function readLiteJson(values: Record<string, unknown>): Promise<{ home: string; path: string; info: LiteInfo }> {
+  const home = values.home ? readEnv({ TRACE_HOME: String(values.home) }).home : readEnv().home;
+  const path = liteJsonPath(home);
+  try {
+    return { home, path, info: JSON.parse(await readFile(path, 'utf8')) as LiteInfo };
+  } catch {
+    throw new CliError('NOT_RUNNING', `no trace lite up is running on ${home} (no ${path})`);
+  }
+}
+
+export const liteInfo: Command = {
+  name: 'lite info',
+  summary: 'Show what the running trace lite up wrote to lite.json: URLs, tokens, and the demo\'s chain, receiver and alert. --get KEY prints one value (e.g. demo.webhook_url).',
+  usage: 'trace lite info [--home DIR] [--get KEY] [--json]',
+  options: { home: { type: 'string' }, get: { type: 'string' }, json: { type: 'boolean' } },
+  async run({ values, positionals }) {
+    if (positionals.length > 0) throw new UsageError(`unexpected "${positionals[0]!.slice(0, 40)}"`);
+    const { info } = await readLiteJson(values);
+    if (values.get !== undefined) {
+      let v: unknown = info;
+      for (const k of String(values.get).split('.')) v = v !== null && typeof v === 'object' ? (v as Record<string, unknown>)[k] : undefined;
+      if (v === undefined) throw new CliError('NOT_FOUND', `lite.json has no ${String(values.get)}`);
+      process.stdout.write(typeof v === 'string' || values.json !== true ? `${typeof v === 'string' ? v : JSON.stringify(v)}\n` : `${JSON.stringify(v)}\n`);
+      return;
+    }
+    if (values.json) { process.stdout.write(`${JSON.stringify(info, null, 2)}\n`); return; }
+    const { liteSummary } = await import('../../lite/summary.js');
+    process.stdout.write(liteSummary(info));
+  },
+};
+
+export const liteDown: Command = {
+  name: 'lite down',
+  summary: 'Stop the trace lite up running on TRACE_HOME (the pid in its lite.json): sends SIGTERM and waits until it has exited.',
+  usage: 'trace lite down [--home DIR] [--timeout SECONDS] [--json]',
+  options: { home: { type: 'string' }, timeout: { type: 'string' }, json: { type: 'boolean' } },
+  async run({ values, positionals }) {
+    if (positionals.length > 0) throw new UsageError(`unexpected "${positionals[0]!.slice(0, 40)}"`);
+    const timeoutS = intOption(values.timeout, 'timeout', 1) ?? 60;
+    const { home, path, info } = await readLiteJson(values);
+    const say = (state: string, text: string) => process.stdout.write(values.json ? `${JSON.stringify({ home, pid: info.pid, state })}\n` : `${text}\n`);
+    if (!Number.isSafeInteger(info.pid) || info.pid <= 0 || !pidAlive(info.pid)) {
+      await rm(path, { force: true });
+      say('not_running', `trace lite up on ${home} is not running (pid ${info.pid} has exited); removed its stale lite.json`);
+      return;
+    }
+    process.kill(info.pid, 'SIGTERM');
+    const deadline = Date.now() + timeoutS * 1000;
+    while (pidAlive(info.pid)) {
+      if (Date.now() > deadline) throw new CliError('STILL_RUNNING', `pid ${info.pid} is still running ${timeoutS} s after SIGTERM; it may be finishing in-flight work (try again, or kill ${info.pid})`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    say('stopped', `stopped trace lite up on ${home} (pid ${info.pid})`);
   },
 };
 
 export const migrateCmd: Command = {
   name: 'migrate',
-  summary: 'Apply pending migrations to the state and data databases (idempotent; records what it applied).',
+  summary: 'Apply pending migrations to the state and data databases, and to TRACE_QUEUE_DATABASE_URL when it is a database of its own (idempotent; records what it applied).',
   usage: 'trace migrate [--json]',
   options: { json: { type: 'boolean' } },
   async run({ values }) {
     const env = readEnv();
+    const [{ openDatabases }, { migrate }] = await Promise.all([import('../../db/open.js'), import('../../db/migrate.js')]);
     const dbs = await openDatabases({
       home: env.home,
       ...(env.stateDatabaseUrl ? { stateUrl: env.stateDatabaseUrl } : {}),
       ...(env.dataDatabaseUrl ? { dataUrl: env.dataDatabaseUrl } : {}),
+      ...(env.queueDatabaseUrl ? { queueUrl: env.queueDatabaseUrl } : {}),
     });
     try {
       const reports = [await migrate(dbs.state, 'state'), await migrate(dbs.data, 'data')];
+      // A queue database of its own gets the pgqueue tables (the state database has them already).
+      if (dbs.queue !== dbs.state) reports.push(await migrate(dbs.queue, 'queue'));
       if (values.json) process.stdout.write(`${JSON.stringify(reports, null, 2)}\n`);
       else for (const r of reports) {
         process.stdout.write(`${r.database}: at version ${r.current}${r.applied.length ? `, applied ${r.applied.map((a) => `${a.version} (${a.name})`).join(', ')}` : ', nothing to apply'}\n`);
@@ -73,20 +122,24 @@ export const migrateCmd: Command = {
 
 export const dispatcherCmd: Command = {
   name: 'dispatcher',
-  summary: 'Run the Dispatcher service (needs TRACE_STATE_DATABASE_URL, TRACE_WORKER_TOKEN, TRACE_TASK_CAPABILITY_SECRET and a user-token setting).',
+  summary: 'Run the Dispatcher service (needs TRACE_STATE_DATABASE_URL, TRACE_WORKER_TOKEN, TRACE_TASK_CAPABILITY_SECRET and a user-token setting). SIGTERM drains it: no new leases, running tasks get TRACE_SHUTDOWN_GRACE_SECONDS, the rest are released.',
   usage: 'trace dispatcher [--host H] [--port P]',
-  options: { host: { type: 'string' }, port: { type: 'string' } },
+  options: { host: { type: 'string' }, port: { type: 'string' }, 'include-test-operators': { type: 'boolean' } },
   async run({ values }) {
     const port = intOption(values.port, 'port', 0);
-    const handle = await runDispatcherProcess(process.env, { ...(values.host ? { host: String(values.host) } : {}), ...(port !== undefined ? { port } : {}) });
-    await untilSignal();
-    await handle.stop();
+    const { runDispatcherProcess } = await import('../../dispatcher/main.js');
+    const handle = await runDispatcherProcess(process.env, {
+      ...(values.host ? { host: String(values.host) } : {}),
+      ...(port !== undefined ? { port } : {}),
+      ...(values['include-test-operators'] ? { includeTestOperators: true } : {}),
+    });
+    return serveUntilSignal('dispatcher', () => handle.stop());
   },
 };
 
 export const workerCmd: Command = {
   name: 'worker',
-  summary: 'Run a worker: receives task wake-ups, claims from the Dispatcher, runs platform operators. Needs only the queue, TRACE_DISPATCHER_URL and TRACE_WORKER_TOKEN.',
+  summary: 'Run a worker: receives task wake-ups, claims from the Dispatcher, runs platform operators. Needs only the queue, TRACE_DISPATCHER_URL and TRACE_WORKER_TOKEN. SIGTERM stops claiming, lets running tasks finish within TRACE_SHUTDOWN_GRACE_SECONDS and releases the rest.',
   usage: 'trace worker [--concurrency N] [--worker-id ID]',
   options: { concurrency: { type: 'string' }, 'worker-id': { type: 'string' }, 'include-test-operators': { type: 'boolean' } },
   async run({ values }) {
@@ -94,7 +147,9 @@ export const workerCmd: Command = {
     if (values.concurrency !== undefined) argv.push('--concurrency', String(values.concurrency));
     if (values['worker-id'] !== undefined) argv.push('--worker-id', String(values['worker-id']));
     if (values['include-test-operators']) argv.push('--include-test-operators');
+    const { runWorkerProcess } = await import('../../worker/main.js');
     await runWorkerProcess(process.env, argv);
+    exitSoon(0);
   },
 };
 
@@ -112,6 +167,7 @@ export const tokenDevUser: Command = {
       secret = (await loadOrCreateSecrets(env.home)).user_jwt_secret;
     }
     const ttl = intOption(values.ttl, 'ttl', 1);
+    const { mintDevUserToken } = await import('../../auth/user.js');
     process.stdout.write(`${await mintDevUserToken(secret, String(values.sub), ttl ? { ttlSeconds: ttl } : {})}\n`);
   },
 };
@@ -123,10 +179,10 @@ export const gatewayCmd: Command = {
   options: { host: { type: 'string' }, port: { type: 'string' } },
   async run({ values }) {
     const port = intOption(values.port, 'port', 0);
+    const { runGatewayProcess } = await import('../../gateway/main.js');
     const handle = await runGatewayProcess(process.env, { ...(values.host ? { host: String(values.host) } : {}), ...(port !== undefined ? { port } : {}) });
     process.stderr.write(`gateway listening on ${handle.url}\n`);
-    await untilSignal();
-    await handle.stop();
+    return serveUntilSignal('gateway', () => handle.stop());
   },
 };
 
@@ -137,8 +193,7 @@ export const deliveryCmd: Command = {
   async run() {
     const { runDeliveryProcess } = await import('../../delivery/service/main.js');
     const h = await runDeliveryProcess(process.env);
-    await untilSignal();
-    await h.stop();
+    return serveUntilSignal('delivery', () => h.stop());
   },
 };
 
@@ -148,13 +203,12 @@ export const rpcGatewayCmd: Command = {
   usage: 'trace rpc-gateway [--host H] [--port P]',
   options: { host: { type: 'string' }, port: { type: 'string' } },
   async run({ values }) {
-    const { startRpcGateway } = await import('../../rpc-gateway/gateway.js');
     const pools = readEnv().rpcPools;
     if (Object.keys(pools).length === 0) throw new UsageError('no RPC pools: set TRACE_RPC_POOL_<NAME>_URL (comma-separated provider URLs)');
     const port = intOption(values.port, 'port', 0);
+    const [{ startRpcGateway }, { createLogger }] = await Promise.all([import('../../rpc-gateway/gateway.js'), import('../../core/log.js')]);
     const gw = await startRpcGateway({ pools, log: createLogger('rpc-gateway'), ...(values.host ? { host: String(values.host) } : {}), ...(port !== undefined ? { port } : {}) });
     process.stderr.write(`rpc gateway listening on ${gw.url} with pools ${Object.keys(pools).join(', ')}\n`);
-    await untilSignal();
-    await gw.close();
+    return serveUntilSignal('rpc-gateway', () => gw.close());
   },
 };

@@ -4,6 +4,7 @@ import type { Command } from '../args.js';
 import { UsageError, intOption } from '../args.js';
 import { api, resolveTarget } from '../client.js';
 import { renderTable } from '../table.js';
+import { serveUntilSignal } from '../serve.js';
 
 interface QueryResponse {
   columns: Array<{ name: string; type: string }>;
@@ -42,19 +43,43 @@ async function readStdin(): Promise<string> {
   return Buffer.concat(chunks).toString('utf8');
 }
 
+/**
+ * `--dataset NAME` (the relation `dataset`) or one or more `--dataset ALIAS=NAME` (each dataset
+ * under its own relation name) to the request's `dataset` or `datasets` field.
+ */
+export function datasetsFromOptions(raw: unknown): { dataset: string } | { datasets: Record<string, string> } {
+  const given = (Array.isArray(raw) ? raw : raw === undefined ? [] : [raw]).map(String);
+  if (given.length === 0) throw new UsageError('--dataset NAME (or --dataset ALIAS=NAME, repeatable) is required');
+  const named = given.filter((g) => g.includes('='));
+  if (named.length === 0) {
+    if (given.length > 1) throw new UsageError('several datasets need a relation name each: --dataset ALIAS=NAME');
+    return { dataset: given[0]! };
+  }
+  if (named.length !== given.length) throw new UsageError('either one --dataset NAME or --dataset ALIAS=NAME for every dataset, not both');
+  const datasets: Record<string, string> = {};
+  for (const g of named) {
+    const at = g.indexOf('=');
+    const alias = g.slice(0, at);
+    const name = g.slice(at + 1);
+    if (!alias || !name) throw new UsageError(`--dataset ${g}: expected ALIAS=NAME`);
+    if (Object.keys(datasets).some((a) => a.toLowerCase() === alias.toLowerCase())) throw new UsageError(`--dataset ${g}: the relation name ${alias} is given twice`);
+    datasets[alias] = name;
+  }
+  return { datasets };
+}
+
 export const queryCmd: Command = {
   name: 'query',
-  summary: 'Run read-only SQL against one dataset through the Query Service; the dataset is the relation `dataset` (SQL "-" reads stdin).',
-  usage: 'trace query --dataset NAME "SQL" [--limit N] [--json]',
-  options: { dataset: { type: 'string', short: 'd' }, limit: { type: 'string' }, json: { type: 'boolean' } },
+  summary: 'Run read-only SQL through the Query Service: --dataset NAME queries the relation `dataset`; --dataset ALIAS=NAME, repeated, binds each dataset to its own relation name, for joins (SQL "-" reads stdin).',
+  usage: 'trace query --dataset NAME "SQL" | trace query --dataset ALIAS=NAME [--dataset ALIAS=NAME ...] "SQL"   [--limit N] [--json]',
+  options: { dataset: { type: 'string', short: 'd', multiple: true }, limit: { type: 'string' }, json: { type: 'boolean' } },
   async run({ values, positionals }) {
-    const dataset = values.dataset === undefined ? undefined : String(values.dataset);
-    if (!dataset) throw new UsageError('--dataset NAME is required');
+    const target = datasetsFromOptions(values.dataset);
     if (positionals.length !== 1) throw new UsageError('expected exactly one SQL argument (quote it)');
     const sql = positionals[0] === '-' ? await readStdin() : positionals[0]!;
     if (sql.trim() === '') throw new UsageError('the SQL is empty');
     const limit = intOption(values.limit, 'limit', 1);
-    const body: Record<string, unknown> = { dataset, sql };
+    const body: Record<string, unknown> = { ...target, sql };
     if (limit !== undefined) body.limit = limit;
     const r = await api<QueryResponse>(await resolveTarget('query'), 'POST', '/v1/query', body);
     if (values.json) return void json(r);
@@ -120,18 +145,9 @@ export const datasetsRegister: Command = {
   },
 };
 
-/** Resolves when SIGINT or SIGTERM arrives. */
-function untilSignal(): Promise<string> {
-  return new Promise((res) => {
-    const on = (s: string) => () => res(s);
-    process.once('SIGINT', on('SIGINT'));
-    process.once('SIGTERM', on('SIGTERM'));
-  });
-}
-
 export const queryServiceCmd: Command = {
   name: 'query-service',
-  summary: 'Run the Query Service (needs TRACE_STATE_DATABASE_URL, TRACE_DATA_DATABASE_URL, TRACE_TASK_CAPABILITY_SECRET or TRACE_DISPATCHER_URL with TRACE_WORKER_TOKEN, and a user-token setting).',
+  summary: 'Run the Query Service (needs TRACE_STATE_DATABASE_URL, TRACE_DATA_DATABASE_URL, TRACE_DISPATCHER_URL, TRACE_TASK_CAPABILITY_SECRET or TRACE_WORKER_TOKEN for the task JWKS, and a user-token setting; TRACE_QUERY_EXECUTORS and TRACE_QUERY_EXECUTOR_MEMORY_MB size its executor processes).',
   usage: 'trace query-service [--host H] [--port P]',
   options: { host: { type: 'string' }, port: { type: 'string' } },
   async run({ values }) {
@@ -139,8 +155,7 @@ export const queryServiceCmd: Command = {
     const { runQueryServiceProcess } = await import('../../query/main.js');
     const handle = await runQueryServiceProcess(process.env, { ...(values.host ? { host: String(values.host) } : {}), ...(port !== undefined ? { port } : {}) });
     process.stderr.write(`query service listening on ${handle.url}\n`);
-    await untilSignal();
-    await handle.stop();
+    return serveUntilSignal('query-service', () => handle.stop());
   },
 };
 

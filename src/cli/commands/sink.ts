@@ -2,15 +2,8 @@ import type { Command } from '../args.js';
 import { UsageError, intOption } from '../args.js';
 import { api, resolveTarget } from '../client.js';
 import { renderTable } from '../table.js';
+import { serveUntilSignal } from '../serve.js';
 
-/** Resolves when SIGINT or SIGTERM arrives. */
-function untilSignal(): Promise<string> {
-  return new Promise((resolve) => {
-    const on = (s: string) => () => resolve(s);
-    process.once('SIGINT', on('SIGINT'));
-    process.once('SIGTERM', on('SIGTERM'));
-  });
-}
 
 export const sinkCmd: Command = {
   name: 'sink',
@@ -20,8 +13,7 @@ export const sinkCmd: Command = {
     if (positionals.length > 0) throw new UsageError(`unexpected "${positionals[0]!.slice(0, 40)}" (did you mean trace sink dlq list|replay?)`);
     const { runSinkProcess } = await import('../../sink/main.js');
     const handle = await runSinkProcess(process.env);
-    await untilSignal();
-    await handle.stop();
+    return serveUntilSignal('sink', () => handle.stop());
   },
 };
 

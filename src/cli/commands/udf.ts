@@ -1,10 +1,9 @@
 import { createHash } from 'node:crypto';
 import { lstat, readdir, readFile, stat } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
-import yazl from 'yazl';
 import type { Command } from '../args.js';
 import { UsageError } from '../args.js';
-import { ApiError, api, resolveTarget } from '../client.js';
+import { ApiError, api, resolveTarget, type ApiTarget } from '../client.js';
 
 /**
  * `trace udf upload DIR_OR_ZIP`: builds a bundle from a folder (or takes a ready zip), opens an
@@ -80,6 +79,7 @@ export async function buildBundleFromDir(dir: string, opts: { runtime?: string; 
   };
   const env = opts.env && opts.env.length > 0 ? opts.env : existing.env_allowlist;
   if (env && env.length > 0) manifest.env_allowlist = [...env];
+  const { default: yazl } = await import('yazl'); // only when a bundle is built
   const zip = new yazl.ZipFile();
   const mtime = new Date(Date.UTC(2000, 0, 1));
   zip.addBuffer(Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`), 'bundle_manifest.json', { mtime, mode: 0o100644 });
@@ -96,7 +96,7 @@ interface UploadAnswer {
   upload: { url: string; method: 'PUT'; headers: Record<string, string>; expires_at: string; max_bytes: number };
 }
 
-interface BundleAnswer {
+export interface BundleAnswer {
   bundle_id: string;
   status: string;
   sha256: string;
@@ -106,17 +106,38 @@ interface BundleAnswer {
   files: number;
 }
 
+/**
+ * Opens an upload (`POST /v1/udf/bundles` with what the bundle declares), PUTs the zip to the
+ * signed URL and finalizes with its SHA-256. Throws ApiError with the server's reason.
+ */
+export async function uploadBundleZip(t: ApiTarget, zip: Buffer, declared: { runtime: string; entrypoint: string; name?: string }): Promise<BundleAnswer> {
+  const sha256 = createHash('sha256').update(zip).digest('hex');
+  const open = await api<UploadAnswer>(t, 'POST', '/v1/udf/bundles', declared);
+  let res: Response;
+  try {
+    res = await fetch(open.upload.url, { method: open.upload.method, headers: open.upload.headers, body: zip });
+  } catch (e) {
+    throw new Error(`cannot reach the upload URL: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+  }
+  if (!res.ok) {
+    let b: { error?: string; code?: string } = {};
+    try { b = JSON.parse(await res.text()) as typeof b; } catch { /* not JSON */ }
+    throw new ApiError(res.status, b.code ?? `HTTP_${res.status}`, `upload refused: ${b.error ?? res.status}`, b);
+  }
+  return api<BundleAnswer>(t, 'POST', `/v1/udf/bundles/${open.bundle_id}/finalize`, { sha256 });
+}
+
 export const udfUpload: Command = {
   name: 'udf upload',
-  summary: 'Upload a UDF bundle (a folder or a zip): builds the manifest for a folder, uploads through a signed URL and finalizes; prints the bundle id.',
-  usage: 'trace udf upload DIR_OR_ZIP [--runtime node|python] [--entrypoint PATH] [--env NAME]... [--name NAME] [--json]',
-  options: { runtime: { type: 'string' }, entrypoint: { type: 'string' }, env: { type: 'string', multiple: true }, name: { type: 'string' }, json: { type: 'boolean' } },
+  summary: 'Upload a UDF bundle (a folder or a zip): builds the manifest for a folder, uploads through a signed URL and finalizes; prints the bundle id (only the id with --quiet).',
+  usage: 'trace udf upload DIR_OR_ZIP [--runtime node|python] [--entrypoint PATH] [--env NAME]... [--name NAME] [--json | --quiet]',
+  options: { runtime: { type: 'string' }, entrypoint: { type: 'string' }, env: { type: 'string', multiple: true }, name: { type: 'string' }, json: { type: 'boolean' }, quiet: { type: 'boolean', short: 'q' } },
   async run({ values, positionals }) {
     const src = positionals[0];
     if (!src || positionals.length > 1) throw new UsageError('expected exactly one DIR_OR_ZIP');
     const st = await stat(src).catch(() => { throw new UsageError(`cannot read ${src}`); });
     let zip: Buffer;
-    let declared: { runtime?: string; entrypoint?: string } = {};
+    let declared: { runtime?: string | undefined; entrypoint?: string | undefined };
     if (st.isDirectory()) {
       const built = await buildBundleFromDir(src, {
         ...(values.runtime ? { runtime: String(values.runtime) } : {}),
@@ -128,25 +149,17 @@ export const udfUpload: Command = {
     } else {
       if (values.env) throw new UsageError('--env applies to folders; a zip carries its own manifest');
       zip = await readFile(src);
-      if (values.runtime) declared.runtime = String(values.runtime);
-      if (values.entrypoint) declared.entrypoint = String(values.entrypoint);
+      // What the zip's own manifest says, unless the flags say otherwise (then finalize checks they agree).
+      const { inspectBundle } = await import('../../udf/bundle.js');
+      const m = await inspectBundle(zip).then((b) => b.manifest, () => undefined);
+      declared = { runtime: values.runtime ? String(values.runtime) : m?.runtime, entrypoint: values.entrypoint ? String(values.entrypoint) : m?.entrypoint };
+      if (!declared.runtime || !declared.entrypoint) throw new UsageError(`${src} has no readable bundle_manifest.json; pass --runtime and --entrypoint`);
     }
-    const sha256 = createHash('sha256').update(zip).digest('hex');
-    const t = await resolveTarget();
-    const open = await api<UploadAnswer>(t, 'POST', '/v1/udf/bundles', { ...declared, ...(values.name ? { name: String(values.name) } : {}) });
-    let res: Response;
-    try {
-      res = await fetch(open.upload.url, { method: open.upload.method, headers: open.upload.headers, body: zip });
-    } catch (e) {
-      throw new Error(`cannot reach the upload URL: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
-    }
-    if (!res.ok) {
-      let b: { error?: string; code?: string } = {};
-      try { b = JSON.parse(await res.text()) as typeof b; } catch { /* not JSON */ }
-      throw new ApiError(res.status, b.code ?? `HTTP_${res.status}`, `upload refused: ${b.error ?? res.status}`, b);
-    }
-    const fin = await api<BundleAnswer>(t, 'POST', `/v1/udf/bundles/${open.bundle_id}/finalize`, { sha256 });
-    if (values.json) process.stdout.write(`${JSON.stringify(fin, null, 2)}\n`);
+    const fin = await uploadBundleZip(await resolveTarget(), zip, {
+      runtime: declared.runtime!, entrypoint: declared.entrypoint!, ...(values.name ? { name: String(values.name) } : {}),
+    });
+    if (values.quiet) process.stdout.write(`${fin.bundle_id}\n`);
+    else if (values.json) process.stdout.write(`${JSON.stringify(fin, null, 2)}\n`);
     else process.stdout.write(`bundle ${fin.bundle_id} (${fin.runtime}, entrypoint ${fin.entrypoint}, ${fin.files} files, ${fin.size_bytes} bytes, sha256 ${fin.sha256})\n`);
   },
 };
