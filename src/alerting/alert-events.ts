@@ -71,8 +71,26 @@ FROM r ORDER BY r.ord
 ON CONFLICT (org_id, dedupe_key) DO NOTHING
 RETURNING seq`;
 
+// The Parquet copy the Query Service reads: every column but org_id (the copy lives under the
+// org's own prefix), ids and times as text in a stable form, payload as its JSON text (VARCHAR).
+const SNAPSHOT_SELECT = `
+SELECT id::text, seq, alert_definition_id::text, producer_job_id::text, producer_task_id::text, producer_attempt, publish_id::text,
+  severity, chain_id, block_hash, tx_hash, block_number, source_dataset_uuid::text, partition_key, cursor_value, payload::text AS payload,
+  dedupe_key, to_char(event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS event_time,
+  to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at
+FROM alert_events WHERE org_id = $1 AND seq >= $2 AND seq < $3 ORDER BY seq`;
+
 export const alertEventsDataset: BufferedDatasetSpec<AlertEventRow> = {
   name: ALERT_EVENTS,
+  snapshot: {
+    select: SNAPSHOT_SELECT,
+    columns: [
+      ['id', 'UUID'], ['seq', 'BIGINT'], ['alert_definition_id', 'UUID'], ['producer_job_id', 'UUID'], ['producer_task_id', 'UUID'],
+      ['producer_attempt', 'INTEGER'], ['publish_id', 'UUID'], ['severity', 'VARCHAR'], ['chain_id', 'BIGINT'], ['block_hash', 'VARCHAR'],
+      ['tx_hash', 'VARCHAR'], ['block_number', 'BIGINT'], ['source_dataset_uuid', 'UUID'], ['partition_key', 'VARCHAR'],
+      ['cursor_value', 'VARCHAR'], ['payload', 'VARCHAR'], ['dedupe_key', 'VARCHAR'], ['event_time', 'TIMESTAMPTZ'], ['created_at', 'TIMESTAMPTZ'],
+    ],
+  },
   checkRow(value: unknown): RowCheck<AlertEventRow> {
     const r = rowSchema.safeParse(value);
     if (r.success) return { ok: true, row: r.data as AlertEventRow };

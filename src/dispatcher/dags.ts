@@ -1,9 +1,8 @@
 import type { Db, Queryable } from '../db/db.js';
 import { TraceError, notFound, unprocessable, type Problem } from '../core/errors.js';
 import { newId, uuidV5 } from '../core/ids.js';
-import type { OperatorCatalog } from '../dag/catalog-types.js';
-import { parseDag, jobConfigHash, lineageHashes } from '../dag/index.js';
-import type { DagSpec, JobSpec } from '../dag/types.js';
+import type { DagParser, ParsedDag } from './dag-parser.js';
+import type { JobSpec } from '../dag/types.js';
 import { nextTick } from './schedule.js';
 import { cancelTasks } from './tasks/cancel.js';
 
@@ -26,20 +25,53 @@ export interface DeployResult {
 const FIND_VERSION = `SELECT id FROM dag_versions WHERE org_id = $1 AND dag_name = $2 AND yaml_hash = $3`;
 const INSERT_VERSION = `INSERT INTO dag_versions (id, org_id, dag_name, yaml_hash, yaml, spec, created_by) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)`;
 const DATASETS_BY_NAME = `SELECT id, name, kind, producer_dag_name, producer_job_name, producer_output_index FROM datasets WHERE org_id = $1 AND name = ANY ($2::text[])`;
-const UPSERT_OUTPUT_DATASET = `
+// Batched writes: one statement per table per chunk of rows, each chunk a JSON document, so a
+// 2,000-job DAG is a handful of statements (and the event loop gets a turn between chunks).
+const UPSERT_OUTPUT_DATASETS = `
 INSERT INTO datasets (id, org_id, name, kind, producer_dag_name, producer_job_name, producer_output_index, read_roles)
-VALUES ($1, $2, $3, 'job_output', $4, $5, $6, $7)
+SELECT x.id, $1, x.name, 'job_output', $2, x.job, x.output, ARRAY(SELECT jsonb_array_elements_text(x.read_roles))
+FROM jsonb_to_recordset($3::jsonb) AS x(id uuid, name text, job text, output int, read_roles jsonb)
 ON CONFLICT (id) DO UPDATE SET name = coalesce(datasets.name, EXCLUDED.name),
   read_roles = CASE WHEN EXCLUDED.name IS NOT NULL THEN EXCLUDED.read_roles ELSE datasets.read_roles END, updated_at = now()`;
-const INSERT_DATASET_VERSION = `
-INSERT INTO dataset_versions (id, dataset_uuid, config_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`;
-const INSERT_DVD = `INSERT INTO dag_version_datasets (dag_version_id, dataset_uuid, dataset_version) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`;
-const INSERT_JOB = `
+const INSERT_DATASET_VERSIONS = `
+INSERT INTO dataset_versions (id, dataset_uuid, config_hash)
+SELECT x.version, x.id, x.lineage_hash FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, version uuid, lineage_hash text)
+ON CONFLICT DO NOTHING`;
+const INSERT_DVDS = `
+INSERT INTO dag_version_datasets (dag_version_id, dataset_uuid, dataset_version)
+SELECT $1, x.id, x.version FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, version uuid)
+ON CONFLICT DO NOTHING`;
+const texts = (col: string) => `ARRAY(SELECT jsonb_array_elements_text(x.${col}))`;
+const INSERT_JOBS = `
 INSERT INTO jobs (id, org_id, name, dag_name, dag_version_id, activation, runtime, operator, source, bootstrap, execution_strategy,
   idle_timeout, config, config_hash, lineage_hash, inputs, input_datasets, output_datasets, outputs, update_strategy, unique_key,
   scaling, udf, secrets, timeout_seconds, heartbeat_timeout_seconds, max_attempts)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11, $12, $13::jsonb, $14, $15, $16::jsonb, $17, $18, $19::jsonb, $20, $21,
-  $22::jsonb, $23::jsonb, $24, $25, $26, $27)`;
+SELECT x.id, $1, x.name, $2, $3, x.activation, x.runtime, x.operator, x.source, x.bootstrap, x.execution_strategy,
+  x.idle_timeout, x.config, x.config_hash, x.lineage_hash, x.inputs, ${texts('input_datasets')}, ${texts('output_datasets')}, x.outputs,
+  x.update_strategy, CASE WHEN x.unique_key IS NOT NULL THEN ${texts('unique_key')} END,
+  x.scaling, x.udf, CASE WHEN x.secrets IS NOT NULL THEN ${texts('secrets')} END,
+  x.timeout_seconds, x.heartbeat_timeout_seconds, x.max_attempts
+FROM jsonb_to_recordset($4::jsonb) AS x(id uuid, name text, activation text, runtime text, operator text, source jsonb, bootstrap jsonb,
+  execution_strategy text, idle_timeout text, config jsonb, config_hash text, lineage_hash text, inputs jsonb, input_datasets jsonb,
+  output_datasets jsonb, outputs jsonb, update_strategy text, unique_key jsonb, scaling jsonb, udf jsonb, secrets jsonb,
+  timeout_seconds int, heartbeat_timeout_seconds int, max_attempts int)`;
+
+/** Rows per batched statement. */
+const DEPLOY_CHUNK = 50;
+
+/**
+ * Lets the event loop handle timers and I/O before the next statement: on PGlite a chain of
+ * queries never leaves the microtask queue on its own. Two hops, so a poll phase lies in between
+ * whichever phase the deploy is running in.
+ */
+const turn = () => new Promise<void>((resolve) => setImmediate(() => setImmediate(resolve)));
+
+async function inChunks<T>(rows: T[], write: (chunk: T[]) => Promise<unknown>): Promise<void> {
+  for (let i = 0; i < rows.length; i += DEPLOY_CHUNK) {
+    await write(rows.slice(i, i + DEPLOY_CHUNK));
+    await turn();
+  }
+}
 
 /**
  * Deploys a DAG YAML: validate, then create (or find, by yaml hash) an immutable version with
@@ -47,13 +79,14 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11, $12, $13::js
  */
 export async function deployDag(
   db: Db,
-  catalog: OperatorCatalog,
+  parser: DagParser,
   orgId: string,
   userId: string | null,
   yaml: string,
   opts: { activate?: boolean; expectName?: string; allowHidden?: boolean } = {},
 ): Promise<DeployResult> {
-  const { spec, yamlHash } = parseDag(yaml, catalog, { allowHidden: opts.allowHidden ?? false });
+  const parsed = await parser.parse(yaml, { allowHidden: opts.allowHidden ?? false });
+  const { spec, yamlHash } = parsed;
   if (opts.expectName !== undefined && spec.name !== opts.expectName) {
     throw unprocessable('DAG name does not match the route', [{ path: 'name', message: `is ${JSON.stringify(spec.name)} but the route names ${JSON.stringify(opts.expectName)}` }]);
   }
@@ -67,7 +100,7 @@ export async function deployDag(
     } else {
       versionId = newId();
       created = true;
-      await insertVersion(q, orgId, userId, spec, yaml, yamlHash, versionId);
+      await insertVersion(q, orgId, userId, parsed, yaml, versionId);
     }
     if (opts.activate) await activate(q, orgId, spec.name, versionId);
     const datasets = await versionDatasets(q, versionId);
@@ -76,7 +109,9 @@ export async function deployDag(
   });
 }
 
-async function insertVersion(q: Queryable, orgId: string, userId: string | null, spec: DagSpec, yaml: string, yamlHash: string, versionId: string): Promise<void> {
+async function insertVersion(q: Queryable, orgId: string, userId: string | null, parsed: ParsedDag, yaml: string, versionId: string): Promise<void> {
+  const { spec, yamlHash } = parsed;
+  const hashes = parsed;
   const problems: Problem[] = [];
   // Inputs that name datasets resolve through the registry (published anywhere in the org, or in this DAG).
   const publishedHere = new Map(spec.publish.map((p) => [p.name, p]));
@@ -105,25 +140,29 @@ async function insertVersion(q: Queryable, orgId: string, userId: string | null,
     }
   });
   if (problems.length > 0) throw unprocessable(`DAG ${spec.name} is invalid: ${problems.length} problem(s)`, problems, 'DAG_INVALID');
+  await turn();
 
-  await q.query(INSERT_VERSION, [versionId, orgId, spec.name, yamlHash, yaml, JSON.stringify(spec), userId]);
-  const lineage = lineageHashes(spec);
+  await q.query(INSERT_VERSION, [versionId, orgId, spec.name, yamlHash, yaml, parsed.specJson ?? JSON.stringify(spec), userId]);
+  await turn();
   const outputsOf = new Map<string, Array<{ output_index: number; dataset_uuid: string; dataset_version: string }>>();
   const publishByOutput = new Map(spec.publish.map((p) => [`${p.from.job}#${p.from.output}`, p]));
+  const outputRows: Array<{ id: string; version: string; name?: string; job: string; output: number; read_roles: string[]; lineage_hash: string }> = [];
   for (const j of spec.jobs) {
     const outs = [];
+    const lineage = hashes.lineageHashes[j.name]!;
     for (let i = 0; i < j.outputs; i++) {
       const uuid = outputDatasetUuid(orgId, spec.name, j.name, i);
-      const version = outputDatasetVersion(uuid, lineage.get(j.name)!);
+      const version = outputDatasetVersion(uuid, lineage);
       const pub = publishByOutput.get(`${j.name}#${i}`);
-      await q.query(UPSERT_OUTPUT_DATASET, [uuid, orgId, pub?.name ?? null, spec.name, j.name, i, pub?.read_roles ?? []]);
-      await q.query(INSERT_DATASET_VERSION, [version, uuid, lineage.get(j.name)!]);
-      await q.query(INSERT_DVD, [versionId, uuid, version]);
+      outputRows.push({ id: uuid, version, ...(pub ? { name: pub.name } : {}), job: j.name, output: i, read_roles: pub?.read_roles ?? [], lineage_hash: lineage });
       outs.push({ output_index: i, dataset_uuid: uuid, dataset_version: version });
     }
     outputsOf.set(j.name, outs);
   }
-  for (const j of spec.jobs) {
+  await inChunks(outputRows, (rows) => q.query(UPSERT_OUTPUT_DATASETS, [orgId, spec.name, JSON.stringify(rows)]));
+  await inChunks(outputRows, (rows) => q.query(INSERT_DATASET_VERSIONS, [JSON.stringify(rows)]));
+  await inChunks(outputRows, (rows) => q.query(INSERT_DVDS, [versionId, JSON.stringify(rows)]));
+  const jobRows = spec.jobs.map((j) => {
     const inputs = j.inputs.map((e) => {
       let datasetUuid: string;
       if ('job' in e.from) datasetUuid = outputsOf.get(e.from.job)![e.from.output]!.dataset_uuid;
@@ -133,18 +172,21 @@ async function insertVersion(q: Queryable, orgId: string, userId: string | null,
       }
       return { dataset_uuid: datasetUuid, from: e.from, ...(e.where ? { where: e.where } : {}) };
     });
-    await q.query(INSERT_JOB, jobParams(orgId, spec.name, versionId, j, jobConfigHash(j), lineage.get(j.name)!, inputs, outputsOf.get(j.name)!));
-  }
+    return jobRow(j, hashes.configHashes[j.name]!, hashes.lineageHashes[j.name]!, inputs, outputsOf.get(j.name)!);
+  });
+  await inChunks(jobRows, (rows) => q.query(INSERT_JOBS, [orgId, spec.name, versionId, JSON.stringify(rows)]));
 }
 
-function jobParams(orgId: string, dag: string, versionId: string, j: JobSpec, configHash: string, lineageHash: string,
-  inputs: Array<{ dataset_uuid: string }>, outputs: Array<{ dataset_uuid: string }>): unknown[] {
-  return [newId(), orgId, j.name, dag, versionId, j.activation, j.runtime, j.operator,
-    j.source ? JSON.stringify(j.source) : null, j.bootstrap ? JSON.stringify(j.bootstrap) : null, j.execution_strategy ?? null,
-    j.idle_timeout ?? null, JSON.stringify(j.config), configHash, lineageHash, JSON.stringify(inputs),
-    inputs.map((i) => i.dataset_uuid), outputs.map((o) => o.dataset_uuid), JSON.stringify(outputs), j.update_strategy ?? null,
-    j.unique_key ?? null, j.scaling ? JSON.stringify(j.scaling) : null, j.udf ? JSON.stringify(j.udf) : null, j.secrets ?? null,
-    j.timeout_seconds, j.heartbeat_timeout_seconds, j.max_attempts];
+/** One `jobs` row as a JSON record; absent keys become NULL (or the column default). */
+function jobRow(j: JobSpec, configHash: string, lineageHash: string, inputs: Array<{ dataset_uuid: string }>, outputs: Array<{ dataset_uuid: string }>): Record<string, unknown> {
+  return {
+    id: newId(), name: j.name, activation: j.activation, runtime: j.runtime, operator: j.operator,
+    source: j.source, bootstrap: j.bootstrap, execution_strategy: j.execution_strategy, idle_timeout: j.idle_timeout,
+    config: j.config, config_hash: configHash, lineage_hash: lineageHash, inputs,
+    input_datasets: inputs.map((i) => i.dataset_uuid), output_datasets: outputs.map((o) => o.dataset_uuid), outputs,
+    update_strategy: j.update_strategy, unique_key: j.unique_key, scaling: j.scaling, udf: j.udf, secrets: j.secrets,
+    timeout_seconds: j.timeout_seconds, heartbeat_timeout_seconds: j.heartbeat_timeout_seconds, max_attempts: j.max_attempts,
+  };
 }
 
 async function versionDatasets(q: Queryable, versionId: string): Promise<DeployResult['datasets']> {
@@ -170,12 +212,15 @@ async function activate(q: Queryable, orgId: string, dag: string, versionId: str
     `INSERT INTO dag_current_versions (org_id, dag_name, dag_version_id) VALUES ($1, $2, $3)
      ON CONFLICT (org_id, dag_name) DO UPDATE SET dag_version_id = EXCLUDED.dag_version_id, updated_at = now()`,
     [orgId, dag, versionId]);
-  await q.query(
+  await turn();
+  const outputs = (await q.query<{ dataset_uuid: string }>(`SELECT dataset_uuid FROM dag_version_datasets WHERE dag_version_id = $1`, [versionId])).rows.map((r) => r.dataset_uuid);
+  await inChunks(outputs, (ids) => q.query(
     `UPDATE datasets d SET current_version = v.dataset_version, updated_at = now()
-     FROM dag_version_datasets v WHERE v.dag_version_id = $1 AND d.id = v.dataset_uuid`, [versionId]);
+     FROM dag_version_datasets v WHERE v.dag_version_id = $1 AND d.id = v.dataset_uuid AND v.dataset_uuid = ANY ($2::uuid[])`, [versionId, ids]));
   await q.query(
     `DELETE FROM source_schedules s USING jobs j WHERE s.job_id = j.id AND j.org_id = $1 AND j.dag_name = $2 AND j.dag_version_id <> $3`,
     [orgId, dag, versionId]);
+  await turn();
   const crons = await q.query<{ id: string; schedule: string }>(
     `SELECT id, source->>'schedule' AS schedule FROM jobs WHERE dag_version_id = $1 AND activation = 'source' AND source->>'kind' = 'cron'`, [versionId]);
   for (const c of crons.rows) {
@@ -183,6 +228,7 @@ async function activate(q: Queryable, orgId: string, dag: string, versionId: str
       `INSERT INTO source_schedules (job_id, org_id, schedule, next_fire_at) VALUES ($1, $2, $3, $4) ON CONFLICT (job_id) DO NOTHING`,
       [c.id, orgId, c.schedule, nextTick(c.schedule, new Date())]);
   }
+  await turn();
   const stale = await q.query<{ id: string }>(
     `SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
      WHERE j.org_id = $1 AND j.dag_name = $2 AND j.dag_version_id <> $3

@@ -13,6 +13,9 @@ import { userRoutes } from './http/user-routes.js';
 import { adminRoutes } from './http/admin-routes.js';
 import { datasetAdminRoutes } from './http/dataset-admin-routes.js';
 
+/** How long a readiness probe waits for each dependency. */
+const READY_TIMEOUT_MS = 1_000;
+
 /**
  * An optional part of the Dispatcher (chain sync planning, bundles, ...): routes mounted beside
  * the core ones and background loops started and stopped with the core loops.
@@ -37,13 +40,28 @@ export class Dispatcher {
   readonly drainer: OutboxDrainer;
   private loops: Loop[] = [];
   private unkick: (() => void) | undefined;
+  private unkickRetry: (() => void) | undefined;
   url: string | undefined;
 
   constructor(deps: DispatcherDeps, extraRoutes: Array<(app: FastifyInstance, ctx: DispatcherContext) => void> = [], private readonly plugins: DispatcherPlugin[] = []) {
     this.ctx = new DispatcherContext(deps);
     for (const p of plugins) if (p.completionHook) this.ctx.completionHooks.push(p.completionHook);
     this.app = createHttpServer({ log: deps.log, name: 'dispatcher' });
+    // A request that failed on an unreachable dependency tells the monitor at once.
+    this.app.addHook('onError', async (_req, _reply, err) => {
+      this.ctx.monitor.observe(err);
+    });
+    // Alive only: answers while the process runs, whatever its dependencies do.
     this.app.get('/healthz', async () => ({ ok: true }));
+    // Ready: the databases and the queue answer within a short timeout.
+    this.app.get('/readyz', async (_req, reply) => {
+      const r = await this.ctx.monitor.probeAll(READY_TIMEOUT_MS);
+      const draining = this.ctx.isDraining;
+      if (r.ready && !draining) return { ok: true, checks: r.checks };
+      const down = Object.entries(r.checks).filter(([, v]) => v !== 'ok').map(([k]) => k.replace('_', ' '));
+      const why = draining ? 'the Dispatcher is shutting down' : `${down.join(', ')} unreachable`;
+      return reply.status(503).send({ error: `not ready: ${why}`, code: 'NOT_READY', checks: r.checks, draining });
+    });
     workerRoutes(this.app, this.ctx);
     taskRoutes(this.app, this.ctx);
     userRoutes(this.app, this.ctx);
@@ -64,45 +82,76 @@ export class Dispatcher {
     });
   }
 
-  /** Starts the loops (and the HTTP listener when host/port are given). */
+  /**
+   * Binds the HTTP listener when host/port are given (first, so a taken port fails before
+   * anything runs, and a run the outbox starts at once after a restart finds its Dispatcher's
+   * URL), then starts the loops unless `loops: false` (then call startLoops()).
+   */
   async start(opts: { host?: string; port?: number; loops?: boolean } = {}): Promise<void> {
-    const s = this.ctx.deps.settings;
-    const log = this.ctx.deps.log;
-    if (opts.loops !== false) {
-      const outbox = new Loop('outbox', async () => (await this.drainer.drainOnce()) >= s.batchSize, s.loopIntervalMs, log);
-      const retry = new Loop('retry', async () => {
-        const n = await retryDueTasks(this.ctx.deps.state, s.batchSize);
-        if (n > 0) outbox.kick();
-        return n >= s.batchSize;
-      }, s.loopIntervalMs, log);
-      const reaper = new Loop('reaper', async () => {
-        const n = await reapExpiredLeases(this.ctx.deps.state, s.batchSize, s.retryBaseMs, s.retryMaxMs);
-        const m = await requeueStaleTasks(this.ctx.deps.state, s.batchSize, s.requeueAfterSeconds);
-        if (n > 0) log.warn({ reaped: n }, 'reaped expired leases');
-        if (n + m > 0) { outbox.kick(); retry.kick(); }
-        return n >= s.batchSize;
-      }, s.loopIntervalMs, log);
-      const cron = new Loop('cron', async () => {
-        const n = await fireDueSchedules(this.ctx.deps.state, 100);
-        const m = await ensureAlwaysOnSources(this.ctx.deps.state, s.sourceRestartSeconds);
-        if (n + m > 0) outbox.kick();
-        return n >= 100;
-      }, Math.min(s.loopIntervalMs, 1000), log);
-      this.loops = [outbox, retry, reaper, cron];
-      for (const p of this.plugins) {
-        for (const l of p.loops?.(this.ctx) ?? []) this.loops.push(new Loop(`${p.name}:${l.name}`, l.step, l.intervalMs, log));
-      }
-      this.unkick = this.ctx.onKick(() => outbox.kick());
-      for (const l of this.loops) l.start();
-    }
     if (opts.port !== undefined) this.url = await listen(this.app, opts.host ?? '127.0.0.1', opts.port);
     else await this.app.ready();
+    if (opts.loops !== false) this.startLoops();
   }
 
-  async stop(): Promise<void> {
+  /** Starts the outbox, retry, reaper, cron and dependency loops and the plugins' loops (once). */
+  startLoops(): void {
+    if (this.loops.length > 0) return;
+    const s = this.ctx.deps.settings;
+    const log = this.ctx.deps.log;
+    const outbox = new Loop('outbox', async () => (await this.drainer.drainOnce()) >= s.batchSize, s.loopIntervalMs, log);
+    const retry = new Loop('retry', async () => {
+      const n = await retryDueTasks(this.ctx.deps.state, s.batchSize, this.ctx.monitor.down());
+      if (n > 0) outbox.kick();
+      return n >= s.batchSize;
+    }, s.loopIntervalMs, log);
+    const reaper = new Loop('reaper', async () => {
+      const n = await reapExpiredLeases(this.ctx.deps.state, s.batchSize, s.retryBaseMs, s.retryMaxMs);
+      const m = await requeueStaleTasks(this.ctx.deps.state, s.batchSize, s.requeueAfterSeconds);
+      if (n > 0) log.warn({ reaped: n }, 'reaped expired leases');
+      if (n + m > 0) { outbox.kick(); retry.kick(); }
+      return n >= s.batchSize;
+    }, s.loopIntervalMs, log);
+    const cron = new Loop('cron', async () => {
+      const n = await fireDueSchedules(this.ctx.deps.state, 100);
+      const m = await ensureAlwaysOnSources(this.ctx.deps.state, s.sourceRestartSeconds);
+      if (n + m > 0) outbox.kick();
+      return n >= 100;
+    }, Math.min(s.loopIntervalMs, 1000), log);
+    const deps = new Loop('dependencies', async () => {
+      await this.ctx.monitor.probeAll(READY_TIMEOUT_MS);
+      return false;
+    }, s.dependencyProbeMs, log);
+    this.unkickRetry = this.ctx.onRetryKick(() => retry.kick());
+    this.loops = [outbox, retry, reaper, cron, deps];
+    for (const p of this.plugins) {
+      for (const l of p.loops?.(this.ctx) ?? []) this.loops.push(new Loop(`${p.name}:${l.name}`, l.step, l.intervalMs, log));
+    }
+    this.unkick = this.ctx.onKick(() => outbox.kick());
+    for (const l of this.loops) l.start();
+  }
+
+  /**
+   * Stop leasing: claims answer 503 DISPATCHER_DRAINING, and the loops stop (no more invocations
+   * of the Dispatcher's own runtimes, retries or reaping). The HTTP routes stay up, so work that
+   * is already running can still heartbeat, publish and complete.
+   */
+  async stopLeasing(): Promise<void> {
+    this.ctx.beginDrain();
     this.unkick?.();
-    await this.app.close();
+    this.unkickRetry?.();
     await Promise.all(this.loops.map((l) => l.stop()));
     this.loops = [];
+    await this.ctx.dagParser.close();
+  }
+
+  /**
+   * Drains and stops: stop leasing, let the Dispatcher's own runs finish within `graceMs`,
+   * release the leases of the rest, then close the listener. Default grace 0 (tests, startup
+   * failures); `trace dispatcher` passes TRACE_SHUTDOWN_GRACE_SECONDS.
+   */
+  async stop(opts: { graceMs?: number } = {}): Promise<void> {
+    await this.stopLeasing();
+    await this.ctx.drainRuns(opts.graceMs ?? 0);
+    await this.app.close();
   }
 }

@@ -9,6 +9,10 @@ export interface TaskStatusView {
   status: string;
   attempt: number;
   max_attempts: number;
+  /** Attempts that did not count toward max_attempts (released on shutdown, infrastructure failures). */
+  uncounted_attempts: number;
+  /** The dependency a task failed by an infrastructure failure waits for. */
+  waiting_on: string | null;
   worker_id: string | null;
   lease_expires_at: Date | null;
   next_retry_at: Date | null;
@@ -22,7 +26,8 @@ export interface TaskStatusView {
 }
 
 const LIST = `
-SELECT t.id AS task_id, j.dag_name, j.name AS job_name, j.dag_version_id, t.status, t.attempt, t.max_attempts, t.worker_id,
+SELECT t.id AS task_id, j.dag_name, j.name AS job_name, j.dag_version_id, t.status, t.attempt, t.max_attempts,
+       t.uncounted_attempts, t.waiting_on, t.worker_id,
        t.lease_expires_at, t.next_retry_at, t.error_message, t.trigger, t.inputs, t.created_at, t.started_at, t.completed_at,
        (SELECT coalesce(json_agg(json_build_object('attempt', a.attempt, 'status', a.status, 'worker_id', a.worker_id,
                  'started_at', a.started_at, 'finished_at', a.finished_at, 'error_message', a.error_message) ORDER BY a.attempt), '[]'::json)

@@ -155,8 +155,8 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
   installFrontDoor(app, (req, res) => {
     const requestId = newId();
     const origin = typeof req.headers.origin === 'string' ? req.headers.origin : undefined;
-    const refuse = (e: TraceError, reason: string) => {
-      const headers: Record<string, string> = { [REQUEST_ID_HEADER]: requestId, ...cors.responseHeaders(origin) };
+    const refuse = (e: TraceError, reason: string, extra: Record<string, string> = {}) => {
+      const headers: Record<string, string> = { [REQUEST_ID_HEADER]: requestId, ...cors.responseHeaders(origin), ...extra };
       if (bodyIsLarge(req, limits.maxBodyBytes)) headers.connection = 'close';
       log.info({ request_id: requestId, method: req.method, status: e.status, code: e.code, reason }, 'gateway refused request');
       writeRefusal(res, e, headers);
@@ -174,7 +174,11 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
     const method = req.method ?? '';
     const match = matches.find((m) => (m.rule.methods as readonly string[]).includes(method));
     const isPreflight = method === 'OPTIONS' && typeof req.headers['access-control-request-method'] === 'string';
-    if (matches.length === 0 || (!match && !isPreflight)) return refuse(notFound('no such route', 'NOT_FOUND'), 'route');
+    if (matches.length === 0) return refuse(notFound('no such route', 'NOT_FOUND'), 'route');
+    if (!match && !isPreflight) {
+      const allow = [...methods].sort().join(', ');
+      return refuse(new TraceError(405, 'METHOD_NOT_ALLOWED', `${method.slice(0, 20)} is not allowed on this route; use ${allow}`), 'method', { allow });
+    }
     admitted.set(req, { requestId, startedAt: performance.now(), target, match: isPreflight ? undefined : match, methods });
     return false;
   });

@@ -79,6 +79,8 @@ export function testOperatorInfo(name: string, schema: z.ZodType): OperatorInfo 
     runtimes: ['ecs_platform', 'dispatcher', 'lambda'],
     udf: 'forbidden',
     activations: ['source', 'reactive'],
+    executionStrategies: ['PerUpdate', 'PerPartition'],
+    writes: { replace: true },
     hidden: true,
     validateConfig: (config) => configProblems(schema, config),
   };

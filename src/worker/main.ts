@@ -14,7 +14,7 @@
  */
 import { hostname } from 'node:os';
 import { TraceError } from '../core/errors.js';
-import { DEFAULT_PORTS, readEnv } from '../core/config.js';
+import { DEFAULT_PORTS, readEnv, shutdownGraceMsFromEnv } from '../core/config.js';
 import { createLogger } from '../core/log.js';
 import { openDb } from '../db/open.js';
 import { createAlertRouteStore } from '../alerting/route-store.js';
@@ -89,12 +89,12 @@ export async function runWorkerProcess(
   const log = createLogger('worker');
   // The worker's connection only receives and acks wake-ups: losing one in a crash is harmless.
   const closers: Array<() => Promise<void>> = [];
-  const db = await openDb(queueUrl, { max: Math.min(10, args.concurrency + 2), applicationName: 'trace-worker', synchronousCommit: 'off' });
+  const db = await openDb(queueUrl, { max: Math.min(10, args.concurrency + 2), applicationName: 'trace-worker', synchronousCommit: 'off', role: 'queue' });
   try {
     const queue = openQueue({ kind: 'pgqueue', db });
     const client = new TaskClient({ baseUrl: dispatcherUrl, workerToken: cfg.workerToken });
     // Platform operators that write Postgres data (alert_route) run only on workers given it.
-    const dataDb = cfg.dataDatabaseUrl ? await openDb(cfg.dataDatabaseUrl, { max: 4, applicationName: 'trace-worker' }) : undefined;
+    const dataDb = cfg.dataDatabaseUrl ? await openDb(cfg.dataDatabaseUrl, { max: 4, applicationName: 'trace-worker', role: 'data' }) : undefined;
     if (dataDb) closers.push(() => dataDb.close());
     const registry = operatorRegistry({
       includeTestOperators: args.includeTestOperators,
@@ -108,7 +108,7 @@ export async function runWorkerProcess(
       registry,
       log,
       queueName: TASK_QUEUE,
-      ...(opts.stopGraceMs === undefined ? {} : { stopGraceMs: opts.stopGraceMs }),
+      stopGraceMs: opts.stopGraceMs ?? shutdownGraceMsFromEnv(env),
     });
     log.info({ dispatcher: dispatcherUrl, worker_id: workerId, operators: [...registry.keys()] }, 'trace worker running');
 

@@ -70,6 +70,18 @@ export interface BufferPublishBody {
   dedupe_scope: string;
 }
 
+/**
+ * Body of `/internal/task-release` beyond the fencing triple: give the lease back without
+ * finishing (shutdown) or because a dependency was unreachable (infrastructure); either way the
+ * attempt does not use up max_attempts.
+ */
+export interface ReleaseBody {
+  reason: 'shutdown' | 'infrastructure';
+  /** Required with reason infrastructure: state_database, data_database, queue, object_store, query_service, rpc_gateway. */
+  dependency?: string;
+  error_message?: string;
+}
+
 export type NotClaimedReason = 'AlreadyRunning' | 'Completed' | 'Canceled' | 'NotFound' | 'Throttled' | 'NotQueued';
 
 /** A successful claim: the lease and everything needed to run the attempt. */

@@ -11,17 +11,29 @@
  * - `Failed`: the operator threw, timed out, was unknown, or produced something the Dispatcher
  *   rejected; the attempt was completed as Failed (the Dispatcher decides about retries);
  * - `Canceled`: the task was canceled (heartbeat or completion answered 409 TASK_CANCELED);
+ * - `Released`: the lease was given back without using up an attempt (`/internal/task-release`):
+ *   the caller aborted (shutdown; the task is queued again at once), or the operator failed
+ *   because a dependency was unreachable (a DependencyUnavailable: the task waits for it);
  * - `Lost`: this attempt no longer owns the task (403 stale attempt / lease mismatch, 404, the
- *   attempt is over), the Dispatcher could not be reached to complete, or the caller aborted
- *   (worker shutdown). Nothing more is sent; the lease expires and the Dispatcher retries.
+ *   attempt is over), or the Dispatcher could not be reached before the lease ran out. Nothing
+ *   more is sent; the lease expires and the Dispatcher retries.
+ *
+ * Every call after the operator ran (events, completion, release) is retried with backoff while
+ * the lease lasts (`callWhileLeased`), so an outage of the Dispatcher or its state database that
+ * is shorter than the lease loses no finished work.
  */
 import type { Logger } from '../core/log.js';
 import type { Operator, OperatorContext, OperatorEvent, OperatorResult } from '../operators/types.js';
 import { EVENTS_PER_REQUEST, toWireEvents } from './events.js';
-import type { ClaimedTask, CompleteBody, TaskEvent, TaskPayload, TaskRef } from './payload.js';
+import type { ClaimedTask, CompleteBody, ReleaseBody, TaskEvent, TaskPayload, TaskRef } from './payload.js';
 import { apiErrorOf, type TaskApi } from './task-client.js';
+import { unavailableDependency } from '../core/dependency.js';
+import { LeaseClock, callWhileLeased } from './lease.js';
 
-export type RunOutcome = 'Completed' | 'Failed' | 'Canceled' | 'Lost';
+export type RunOutcome = 'Completed' | 'Failed' | 'Canceled' | 'Released' | 'Lost';
+
+/** How long a shutdown waits for its release to be accepted before leaving the lease to expire. */
+const SHUTDOWN_RELEASE_MS = 10_000;
 
 export interface RunTaskDeps {
   client: TaskApi;
@@ -31,7 +43,7 @@ export interface RunTaskDeps {
   heartbeatMs?: number;
   /** How many times an operator is re-run after a STATE_CONFLICT completion (default 5). */
   maxStateConflictRetries?: number;
-  /** Aborting it stops the run without completing (shutdown); the outcome is `Lost`. */
+  /** Aborting it stops the run without completing (shutdown): the lease is released (`Released`), or left to expire (`Lost`). */
   signal?: AbortSignal;
 }
 
@@ -75,6 +87,14 @@ export function heartbeatIntervalMs(task: Pick<TaskPayload, 'heartbeat_timeout_s
   let ms = Math.min(30_000, Number.isFinite(hb) && hb > 0 ? (hb * 1000) / 4 : 30_000);
   if (leaseMs !== undefined && Number.isFinite(leaseMs) && leaseMs > 0) ms = Math.min(ms, leaseMs / 3);
   return Math.max(10, ms);
+}
+
+/** How long the end of a run waits for a heartbeat already in flight. */
+const HB_DRAIN_MS = 2_000;
+
+/** Wait before retrying a failed heartbeat: 1 s doubling to 8 s (never longer than the regular interval). */
+export function heartbeatRetryMs(failures: number): number {
+  return Math.min(8_000, 1_000 * 2 ** Math.max(0, failures - 1));
 }
 
 function chunks<T>(items: T[], size: number): T[][] {
@@ -125,6 +145,37 @@ export async function runClaimedTask(claimed: ClaimedTask, deps: RunTaskDeps): P
     operator: task.operator,
   });
 
+  const lease = new LeaseClock(claimed.lease_expires_at);
+  /**
+   * A fenced call, retried while the lease lasts. A shutdown past its grace period (`deps.signal`)
+   * ends the retrying too, so the process can exit; a release passes its own deadline instead.
+   */
+  const leased = <T>(what: string, op: () => Promise<T>, notAfter?: number) =>
+    callWhileLeased(lease, op, {
+      what, log,
+      ...(notAfter === undefined ? (deps.signal ? { signal: deps.signal } : {}) : { notAfter }),
+    });
+
+  /** Gives the lease back; falls back to `fallback` when the Dispatcher refuses or cannot be reached. */
+  const release = async (body: ReleaseBody, fallback: () => Promise<RunOutcome> | RunOutcome, notAfter?: number): Promise<RunOutcome> => {
+    if (!client.release) return fallback();
+    try {
+      await leased('release', () => client.release!(ref, body), notAfter);
+      log.info({ reason: body.reason, ...(body.dependency ? { dependency: body.dependency } : {}) }, 'lease released');
+      return 'Released';
+    } catch (e) {
+      if (isCanceled(e)) return completeWith({ status: 'Canceled' });
+      // No (valid) worker token here: this runner cannot release; fall back.
+      if (apiErrorOf(e)?.status === 401) return fallback();
+      if (ownershipLost(e)) {
+        log.warn({ err: shortMessage(e) }, 'release refused: this attempt no longer owns the task');
+        return 'Lost';
+      }
+      log.warn({ err: shortMessage(e), reason: body.reason }, 'could not release the lease');
+      return fallback();
+    }
+  };
+
   /** Maps a failed completion call to an outcome (possibly completing again as Failed/Canceled). */
   const onCompleteError = async (e: unknown, body: CompleteBody): Promise<RunOutcome> => {
     if (isCanceled(e)) return body.status === 'Canceled' ? 'Canceled' : completeWith({ status: 'Canceled' });
@@ -137,13 +188,13 @@ export async function runClaimedTask(claimed: ClaimedTask, deps: RunTaskDeps): P
       // The Dispatcher rejected what the operator produced (malformed events, too large, ...).
       return completeWith({ status: 'Failed', error_message: `completion rejected by the Dispatcher: ${shortMessage(e)}` });
     }
-    log.error({ err: shortMessage(e), status: body.status }, 'could not complete the task; the lease will expire and the Dispatcher retries');
+    log.error({ err: shortMessage(e), status: body.status, lease_left_ms: lease.expiresAt - Date.now() }, 'could not complete the task before the lease ran out; the Dispatcher retries it');
     return 'Lost';
   };
   /** Completes the attempt; maps the Dispatcher's answer to an outcome. */
   const completeWith = async (body: CompleteBody): Promise<RunOutcome> => {
     try {
-      await client.complete(ref, body);
+      await leased('complete', () => client.complete(ref, body));
       log.info({ status: body.status, ...(body.error_message ? { error_message: body.error_message } : {}) }, 'task completed');
       return body.status;
     } catch (e) {
@@ -179,15 +230,26 @@ export async function runClaimedTask(claimed: ClaimedTask, deps: RunTaskDeps): P
   const hbMs = deps.heartbeatMs ?? heartbeatIntervalMs(task, Date.parse(claimed.lease_expires_at) - Date.now());
   let hbTimer: NodeJS.Timeout | undefined;
   let hbStopped = false;
-  const beat = async () => {
+  let hbFailures = 0;
+  let hbInFlight: Promise<void> | undefined;
+  const beat = () => {
+    hbInFlight = beatOnce();
+  };
+  const beatOnce = async () => {
     try {
-      await client.heartbeat(ref);
+      const r = await client.heartbeat(ref);
+      lease.renewed(r.lease_expires_at);
+      hbFailures = 0;
     } catch (e) {
       if (isCanceled(e)) stop('canceled');
       else if (ownershipLost(e)) stop('lost');
-      else log.warn({ err: shortMessage(e) }, 'heartbeat failed; will retry');
+      else {
+        if (hbFailures === 0) log.warn({ err: shortMessage(e) }, 'heartbeat failed; retrying soon');
+        hbFailures++;
+      }
     }
-    if (!hbStopped) hbTimer = setTimeout(beat, hbMs);
+    // After a failed beat, try again soon (the lease is not getting longer meanwhile).
+    if (!hbStopped) hbTimer = setTimeout(beat, hbFailures > 0 ? Math.min(hbMs, heartbeatRetryMs(hbFailures)) : hbMs);
   };
   hbTimer = setTimeout(beat, hbMs);
 
@@ -195,7 +257,7 @@ export async function runClaimedTask(claimed: ClaimedTask, deps: RunTaskDeps): P
   const sendEvents = async (wire: TaskEvent[]) => {
     for (const chunk of chunks(wire, EVENTS_PER_REQUEST)) {
       try {
-        await client.events(ref, chunk);
+        await leased('events', () => client.events(ref, chunk));
       } catch (e) {
         if (isCanceled(e)) stop('canceled');
         else if (ownershipLost(e)) stop('lost');
@@ -210,6 +272,12 @@ export async function runClaimedTask(claimed: ClaimedTask, deps: RunTaskDeps): P
         return fail(`timeout: the task ran longer than its timeout_seconds (${task.timeout_seconds} s)`);
       case 'canceled':
         return completeWith({ status: 'Canceled' });
+      case 'shutdown':
+        // Give the lease back so the next runner starts at once, without using up an attempt.
+        return release({ reason: 'shutdown' }, () => {
+          log.warn('run abandoned at shutdown; its lease will expire');
+          return 'Lost';
+        }, Date.now() + SHUTDOWN_RELEASE_MS);
       default:
         log.warn({ reason }, 'run abandoned without completing');
         return 'Lost';
@@ -235,6 +303,12 @@ export async function runClaimedTask(claimed: ClaimedTask, deps: RunTaskDeps): P
         result = await raceAbort(operator, ctx, controller.signal);
       } catch (e) {
         if (stopReason !== undefined) return await afterStop(stopReason);
+        const dependency = unavailableDependency(e);
+        if (dependency) {
+          // Not the task's fault: wait for the dependency without using up an attempt.
+          log.warn({ dependency, err: shortMessage(e) }, 'operator failed: a dependency is unreachable');
+          return await release({ reason: 'infrastructure', dependency, error_message: shortMessage(e) }, () => fail(shortMessage(e)));
+        }
         log.warn({ err: shortMessage(e) }, 'operator failed');
         return await fail(shortMessage(e));
       }
@@ -267,7 +341,7 @@ export async function runClaimedTask(claimed: ClaimedTask, deps: RunTaskDeps): P
       if (result.datasets_published !== undefined) body.datasets_published = result.datasets_published;
 
       try {
-        await client.complete(ref, body);
+        await leased('complete', () => client.complete(ref, body));
         log.info({ events: wire.length, state_writes: state.length }, 'task completed');
         return 'Completed';
       } catch (e) {
@@ -279,7 +353,7 @@ export async function runClaimedTask(claimed: ClaimedTask, deps: RunTaskDeps): P
         log.info({ round: round + 1 }, 'operator state conflict; re-fetching state and re-running the operator');
         let fetched;
         try {
-          fetched = await client.fetch(task.task_id);
+          fetched = await leased('fetch', () => client.fetch(task.task_id));
         } catch (fe) {
           const fErr = apiErrorOf(fe);
           if (fErr && (fErr.status === 403 || fErr.status === 404)) return 'Lost';
@@ -297,5 +371,7 @@ export async function runClaimedTask(claimed: ClaimedTask, deps: RunTaskDeps): P
     clearTimeout(hbTimer);
     clearTimeout(timeoutTimer);
     deps.signal?.removeEventListener('abort', onExternalAbort);
+    // A beat already on the wire ends before the run does (bounded: a slow Dispatcher never holds the runner).
+    if (hbInFlight) await Promise.race([hbInFlight, new Promise<void>((r) => setTimeout(r, HB_DRAIN_MS).unref())]);
   }
 }

@@ -21,6 +21,7 @@ import type {
   ClaimResponse,
   CompleteBody,
   FetchResponse,
+  ReleaseBody,
   TaskEvent,
   TaskRef,
 } from './payload.js';
@@ -57,6 +58,12 @@ export interface TaskApi {
   events(ref: TaskRef, events: TaskEvent[]): Promise<{ ok: true; accepted: number; routed: number }>;
   complete(ref: TaskRef, body: CompleteBody): Promise<{ ok: true; status: string }>;
   bufferPublish(ref: TaskRef, body: BufferPublishBody): Promise<{ ok: true; publish_id: string }>;
+  /**
+   * Gives the lease back without finishing (worker-only: needs the worker token). Absent or
+   * refused, the runner falls back to a Failed completion (infrastructure) or to lease expiry
+   * (shutdown).
+   */
+  release?(ref: TaskRef, body: ReleaseBody): Promise<{ ok: true; status: string }>;
 }
 
 /** What the queue-woken worker needs: the task API plus the worker-only claim. */
@@ -141,6 +148,7 @@ const heartbeatSchema = z.looseObject({ ok: z.literal(true), lease_expires_at: z
 const eventsSchema = z.looseObject({ ok: z.literal(true), accepted: z.number(), routed: z.number() });
 const completeSchema = z.looseObject({ ok: z.literal(true), status: z.string() });
 const publishSchema = z.looseObject({ ok: z.literal(true), publish_id: z.string() });
+const releaseSchema = z.looseObject({ ok: z.literal(true), status: z.string() });
 
 type Auth = { kind: 'worker' } | { kind: 'task'; capabilityToken: string };
 
@@ -194,6 +202,12 @@ export class TaskClient implements WorkerTaskApi {
 
   async bufferPublish(ref: TaskRef, body: BufferPublishBody): Promise<{ ok: true; publish_id: string }> {
     return this.#parse('/v1/task/buffer-publish', publishSchema, await this.#task('/v1/task/buffer-publish', ref, { ...body }));
+  }
+
+  /** `POST /internal/task-release` (worker token; the fencing triple in the body). */
+  async release(ref: TaskRef, body: ReleaseBody): Promise<{ ok: true; status: string }> {
+    const payload = { ...body, task_id: ref.task_id, attempt: ref.attempt, lease_token: ref.lease_token };
+    return this.#parse('/internal/task-release', releaseSchema, await this.#call('POST', '/internal/task-release', { kind: 'worker' }, payload));
   }
 
   #task(route: string, ref: TaskRef, extra: Record<string, unknown>): Promise<unknown> {

@@ -11,11 +11,13 @@
  * queue is only a wake-up (a lost or duplicated message is harmless; the lease decides).
  */
 import { z } from 'zod';
+import { DEFAULT_SHUTDOWN_GRACE_SECONDS } from '../core/config.js';
 import type { Logger } from '../core/log.js';
 import type { Queue, ReceivedMessage } from '../queue/queue.js';
 import type { Operator } from '../operators/types.js';
 import { runClaimedTask, type RunOutcome } from './run-task.js';
 import { apiErrorOf, type WorkerTaskApi } from './task-client.js';
+import { isTransientTaskError } from './lease.js';
 
 export interface WorkerOptions {
   queue: Queue;
@@ -31,7 +33,7 @@ export interface WorkerOptions {
   visibilityTimeoutSeconds?: number;
   /** Long-poll wait per receive (default 10 s). */
   pollWaitMs?: number;
-  /** How long stop() waits for running tasks before aborting them (default 30 s). */
+  /** How long stop() waits for running tasks before stopping them and releasing their leases (default 25 s). */
   stopGraceMs?: number;
   /** Heartbeat interval override (tests). */
   heartbeatMs?: number;
@@ -39,8 +41,9 @@ export interface WorkerOptions {
 
 export interface WorkerHandle {
   /**
-   * Stops receiving, waits for in-flight tasks up to the grace period, then aborts the rest
-   * (without completing them: their leases expire and the Dispatcher retries).
+   * Stops receiving (no new claims), waits for in-flight tasks up to the grace period, then stops
+   * the rest and releases their leases (`/internal/task-release`, reason shutdown): the Dispatcher
+   * queues them again at once, without using up an attempt.
    */
   stop(opts?: { graceMs?: number }): Promise<void>;
   /** Tasks currently being claimed or run. */
@@ -48,6 +51,9 @@ export interface WorkerHandle {
 }
 
 const wakeUpSchema = z.looseObject({ task_id: z.uuid() });
+
+/** Longest wait before a wake-up whose claim failed on an unreachable Dispatcher is tried again. */
+const CLAIM_RETRY_CAP_S = 5;
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
@@ -68,7 +74,7 @@ export function startWorker(opts: WorkerOptions): WorkerHandle {
   const queueName = opts.queueName ?? 'tasks';
   const visibility = Math.max(1, Math.floor(opts.visibilityTimeoutSeconds ?? 60));
   const pollWaitMs = opts.pollWaitMs ?? 10_000;
-  const defaultGraceMs = opts.stopGraceMs ?? 30_000;
+  const defaultGraceMs = opts.stopGraceMs ?? DEFAULT_SHUTDOWN_GRACE_SECONDS * 1000;
   const log = opts.log.child({ worker_id: workerId });
 
   const receiveAbort = new AbortController();
@@ -119,10 +125,19 @@ export function startWorker(opts: WorkerOptions): WorkerHandle {
       claim = await client.claim(taskId, workerId);
     } catch (e) {
       const err = apiErrorOf(e);
-      tlog.error({ err: e instanceof Error ? e.message : String(e) }, 'claim failed');
-      // A malformed or unknown task id will never be claimable: drop the wake-up. Anything else
-      // (Dispatcher down, bad worker token) leaves it to reappear after its visibility timeout.
-      if (err && (err.status === 400 || err.status === 404)) await ack(m, tlog);
+      // A malformed or unknown task id will never be claimable: drop the wake-up.
+      if (err && (err.status === 400 || err.status === 404)) {
+        tlog.error({ err: e instanceof Error ? e.message : String(e) }, 'claim refused; dropping the wake-up');
+        await ack(m, tlog);
+        return;
+      }
+      // The Dispatcher is down, restarting or draining: try this wake-up again within seconds
+      // (1, 2, 4, then every 5 s) rather than after the whole visibility timeout, so work resumes
+      // soon after it is back. A bad worker token waits the full timeout.
+      const transient = isTransientTaskError(e);
+      const retryIn = transient ? Math.min(visibility, CLAIM_RETRY_CAP_S, 2 ** Math.min(m.receiveCount - 1, 5)) : visibility;
+      tlog.warn({ err: e instanceof Error ? e.message : String(e), retry_in_s: retryIn }, 'claim failed; the wake-up comes back later');
+      if (transient) await queue.changeVisibility(queueName, m.receipt, retryIn).catch(() => undefined);
       return;
     }
     if (claim.status === 'NotClaimed') {
@@ -174,11 +189,13 @@ export function startWorker(opts: WorkerOptions): WorkerHandle {
           waitMs: pollWaitMs,
           signal: receiveAbort.signal,
         });
+        if (failures > 0) log.info({ failures }, 'queue receives succeed again');
         failures = 0;
       } catch (e) {
         if (stopping) break;
         failures++;
-        log.error({ err: e instanceof Error ? e.message : String(e), failures }, 'queue receive failed; backing off');
+        // One line when an outage starts, then one every 20 failures.
+        if (failures === 1 || failures % 20 === 0) log.error({ err: e instanceof Error ? e.message : String(e), failures }, 'queue receive failed; backing off');
         await sleep(Math.min(5_000, 100 * 2 ** Math.min(failures, 6)), receiveAbort.signal);
         continue;
       }
@@ -225,7 +242,7 @@ export function startWorker(opts: WorkerOptions): WorkerHandle {
         ]);
         clearTimeout(graceTimer);
         if (timedOut) {
-          log.warn({ in_flight: inflight.size }, 'grace period over; abandoning running tasks (their leases will expire)');
+          log.warn({ in_flight: inflight.size }, 'grace period over; stopping running tasks and releasing their leases');
           shutdownAbort.abort();
           await Promise.allSettled([...inflight]);
         }

@@ -232,18 +232,23 @@ const BYPASSES: Array<[method: string, target: string]> = [
   ['POST', `/v1/${'../'.repeat(1200)}internal/task-claim`],
 ];
 
-test('404 (or 400/414) for /internal/*, /v1/task/* and every bypass spelling; nothing is proxied', async () => {
+test('404 (or 400/414) for /internal/*, /v1/task/* and every bypass spelling, 405 for a wrong method on an allowlisted path; nothing is proxied', async () => {
   const gw = await startTestGateway();
   try {
     const tok = await token('alice');
     for (const [method, target] of BYPASSES) {
       const res = await rawRequest(gw.port, method, target, { Authorization: `Bearer ${tok}`, 'Content-Type': 'application/json' }, method === 'GET' || method === 'HEAD' || method === 'OPTIONS' ? undefined : '{"task_id":"x","attempt":1,"lease_token":"y"}');
       const label = `${method} ${target.slice(0, 80)}`;
-      assert.ok([400, 404, 414].includes(res.status), `${label} -> ${res.status}`);
+      assert.ok([400, 404, 405, 414].includes(res.status), `${label} -> ${res.status}`);
+      if (res.status === 405) {
+        // Only allowlisted paths reveal their methods; internal and task routes never do.
+        assert.ok(!/internal|\/v1\/task/i.test(target), `${label} must be 404, not 405`);
+        assert.ok(res.headers.allow, `${label}: 405 names the allowed methods`);
+      }
       if (method !== 'HEAD') {
         const body = res.json();
         assert.equal(typeof body.error, 'string', label);
-        assert.ok(['NOT_FOUND', 'NON_CANONICAL_PATH', 'URI_TOO_LONG'].includes(String(body.code)), `${label} -> ${String(body.code)}`);
+        assert.ok(['NOT_FOUND', 'NON_CANONICAL_PATH', 'URI_TOO_LONG', 'METHOD_NOT_ALLOWED'].includes(String(body.code)), `${label} -> ${String(body.code)}`);
       }
       assert.equal(gw.proxied(), 0, `${label} reached a backend`);
     }

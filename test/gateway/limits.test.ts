@@ -145,8 +145,10 @@ test('CORS: preflight is answered only for allowlisted origins, methods and head
       assert.equal(r.headers['access-control-allow-origin'], status === 404 ? (origin === 'https://app.example.com' ? origin : undefined) : undefined);
       assert.equal(typeof r.json().code, 'string');
     }
-    // OPTIONS without the preflight headers is not a route.
-    assert.equal((await rawRequest(gw.port, 'OPTIONS', '/v1/query', { Origin: 'https://app.example.com' })).status, 404);
+    // OPTIONS without the preflight headers is not a method of the route.
+    const plainOptions = await rawRequest(gw.port, 'OPTIONS', '/v1/query', { Origin: 'https://app.example.com' });
+    assert.equal(plainOptions.status, 405);
+    assert.equal(plainOptions.headers.allow, 'POST');
 
     // Actual requests: the allowed origin gets the CORS headers, others get none; both need a token.
     const tok = await token('alice');

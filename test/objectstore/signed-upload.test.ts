@@ -205,7 +205,9 @@ test('upload route: bad signatures are 403 and nothing is written', async (t) =>
   assert.deepEqual(await filesUnder(h.dir), ['objects'], 'nothing was written');
 
   const wrongMethod = await fetch(good, { method: 'POST', body: 'payload' });
-  assert.equal(wrongMethod.status, 404);
+  assert.equal(wrongMethod.status, 405);
+  assert.equal(wrongMethod.headers.get('allow'), 'PUT');
+  assert.deepEqual(await filesUnder(h.dir), ['objects'], 'nothing was written');
 });
 
 test('upload route: oversized bodies are 413 (declared or counted) and nothing is written', async (t) => {

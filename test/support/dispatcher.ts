@@ -1,3 +1,4 @@
+import { tmpdir } from 'node:os';
 import type { Db } from '../../src/db/db.js';
 import type { Queue } from '../../src/queue/queue.js';
 import { PgQueue } from '../../src/queue/pgqueue.js';
@@ -35,6 +36,8 @@ export function testDispatcherDeps(o: {
   orgId: string;
   settings?: Partial<DispatcherSettings>;
   log?: Logger;
+  probes?: DispatcherDeps['probes'];
+  datasetStorage?: DispatcherDeps['datasetStorage'];
 }): DispatcherDeps {
   return {
     state: o.state,
@@ -50,6 +53,9 @@ export function testDispatcherDeps(o: {
     orgId: o.orgId,
     settings: defaultSettings({ ...FAST, ...o.settings }),
     log: o.log ?? silentLogger,
+    ...(o.probes ? { probes: o.probes } : {}),
+    // Tests register Parquet they write in their own temp folders.
+    datasetStorage: o.datasetStorage ?? { roots: [tmpdir()] },
   };
 }
 
@@ -57,14 +63,14 @@ export function testDispatcherDeps(o: {
  * A Dispatcher built by hand on given databases, so tests can restart it, break its queue or
  * run two of them against the same state.
  */
-export async function buildDispatcher(state: Db, opts: { queue?: Queue; inTx?: boolean; settings?: Partial<DispatcherSettings> } = {}) {
+export async function buildDispatcher(state: Db, opts: { queue?: Queue; inTx?: boolean; settings?: Partial<DispatcherSettings>; probes?: DispatcherDeps['probes']; log?: Logger; datasetStorage?: DispatcherDeps['datasetStorage'] } = {}) {
   const { org_id } = await bootstrapDeployment(state, { adminSub: 'admin' });
   const issuer = await createCapabilityIssuer({ alg: 'HS256', current: { kid: 'test', secret: TEST_SECRETS.capability } });
   const pg = new PgQueue(state);
   const queue = opts.queue ?? pg;
   const registry = operatorRegistry({ includeTestOperators: true });
   let url: string | undefined;
-  const executor = new InProcessExecutor({ dispatcherUrl: () => url, registry, log: silentLogger });
+  const executor = new InProcessExecutor({ dispatcherUrl: () => url, registry, log: silentLogger, workerToken: TEST_SECRETS.worker });
   const d = new Dispatcher(testDispatcherDeps({
     state,
     queue,
@@ -74,6 +80,9 @@ export async function buildDispatcher(state: Db, opts: { queue?: Queue; inTx?: b
     executors: { dispatcher: executor, lambda: executor },
     orgId: org_id,
     ...(opts.settings ? { settings: opts.settings } : {}),
+    ...(opts.probes ? { probes: opts.probes } : {}),
+    ...(opts.log ? { log: opts.log } : {}),
+    ...(opts.datasetStorage ? { datasetStorage: opts.datasetStorage } : {}),
   }));
   return {
     dispatcher: d,
@@ -85,8 +94,8 @@ export async function buildDispatcher(state: Db, opts: { queue?: Queue; inTx?: b
       url = d.url;
       return d.url!;
     },
-    async stop() {
-      await d.stop();
+    async stop(o: { graceMs?: number } = {}) {
+      await d.stop(o);
       await pg.close();
     },
   };

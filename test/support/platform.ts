@@ -31,7 +31,8 @@ export const FAST = {
  */
 export async function startPlatform(backend: 'postgres' | 'pglite', opts: Partial<LiteOptions> = {}): Promise<TestPlatform> {
   const home = await mkdtemp(join(tmpdir(), 'trace-test-'));
-  const env: NodeJS.ProcessEnv = { TRACE_HOME: home };
+  // Tests register Parquet they write in their own temp folders.
+  const env: NodeJS.ProcessEnv = { TRACE_HOME: home, TRACE_DATASET_ROOTS: tmpdir() };
   const drops: Array<() => Promise<void>> = [];
   if (backend === 'postgres') {
     const s = await createPgDatabase('trace_ps');
@@ -46,6 +47,7 @@ export async function startPlatform(backend: 'postgres' | 'pglite', opts: Partia
     ports: { dispatcher: 0, query: 0, gateway: 0, rpcGateway: 0 },
     includeTestOperators: true,
     heartbeatMs: 300,
+    shutdownGraceMs: 5_000,
     ...opts,
     env: { ...env, ...opts.env },
     settings: { ...FAST, ...opts.settings },

@@ -93,12 +93,12 @@ export class FakeDispatcher {
   }
 
   /** What a successful claim of `t` returns (for calling runClaimedTask directly). */
-  claimed(t: FakeTask): ClaimedTask {
+  claimed(t: FakeTask, leaseMs = 120_000): ClaimedTask {
     t.status = 'Running';
     return {
       attempt: t.attempt,
       lease_token: t.lease_token,
-      lease_expires_at: new Date(Date.now() + 120_000).toISOString(),
+      lease_expires_at: new Date(Date.now() + leaseMs).toISOString(),
       capability_token: t.capability_token,
       task: this.payloadOf(t),
     };
@@ -214,6 +214,13 @@ export class FakeDispatcher {
       }
       case '/v1/task/buffer-publish':
         return { status: 200, body: { ok: true, publish_id: randomUUID() } };
+      case '/internal/task-release': {
+        if (!t) return { status: 404, body: { error: 'task not found', code: 'TASK_NOT_FOUND' } };
+        if (b.attempt !== t.attempt || b.lease_token !== t.lease_token) return { status: 403, body: { error: 'stale', code: 'STALE_ATTEMPT' } };
+        t.status = b.reason === 'shutdown' ? 'Queued' : 'Failed';
+        t.completions.push({ released: b.reason, ...b });
+        return { status: 200, body: { ok: true, status: t.status } };
+      }
       default:
         return undefined;
     }

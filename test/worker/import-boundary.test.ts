@@ -8,47 +8,16 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { dirname, join, relative, resolve, sep } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { existsSync, readFileSync } from 'node:fs';
+import { join, sep } from 'node:path';
+import { ROOT, importsOf, resolveLocal, tsFilesUnder as walk } from '../support/imports.js';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const EXCLUDED = [join('src', 'worker', 'main.ts'), join('src', 'operators', 'cryo_ingest') + sep];
 const FORBIDDEN_DIRS = [join('src', 'db') + sep, join('src', 'dispatcher') + sep];
 const FORBIDDEN_PACKAGES = ['pg', '@electric-sql/pglite'];
 
-interface Import {
-  specifier: string;
-  typeOnly: boolean;
-}
-
-/** Every module specifier in a TypeScript source: static, re-export, side-effect, dynamic, require. */
-export function importsOf(source: string): Import[] {
-  // Comments would otherwise produce false hits (this very file names the forbidden modules).
-  const code = source.replace(/\/\*[\s\S]*?\*\//g, '').replace(/(^|[^:'"`])\/\/.*$/gm, '$1');
-  const out: Import[] = [];
-  const fromRe = /\b(import|export)\s+(type\s+)?([^;'"]*?)\s*from\s*['"]([^'"]+)['"]/g;
-  for (const m of code.matchAll(fromRe)) {
-    const clause = m[3] ?? '';
-    const allTypes = /^\{[^}]*\}$/.test(clause.trim()) && clause.replace(/[{}]/g, '').split(',').map((s) => s.trim()).filter(Boolean).every((s) => s.startsWith('type '));
-    out.push({ specifier: m[4]!, typeOnly: m[2] !== undefined || allTypes });
-  }
-  for (const m of code.matchAll(/\bimport\s*['"]([^'"]+)['"]/g)) out.push({ specifier: m[1]!, typeOnly: false });
-  for (const m of code.matchAll(/\b(?:import|require)\s*\(\s*['"]([^'"]+)['"]\s*\)/g)) out.push({ specifier: m[1]!, typeOnly: false });
-  return out;
-}
-
 function isForbiddenPackage(spec: string): boolean {
   return FORBIDDEN_PACKAGES.some((p) => spec === p || spec.startsWith(`${p}/`));
-}
-
-/** Resolves a relative `.js` specifier to the `.ts` file it names (repo-relative), or undefined. */
-function resolveLocal(fromFile: string, spec: string): string | undefined {
-  if (!spec.startsWith('.')) return undefined;
-  const abs = resolve(ROOT, dirname(fromFile), spec);
-  const candidates = [abs.replace(/\.js$/, '.ts'), abs, `${abs}.ts`, join(abs, 'index.ts')];
-  const hit = candidates.find((c) => existsSync(c) && statSync(c).isFile());
-  return relative(ROOT, hit ?? abs.replace(/\.js$/, '.ts'));
 }
 
 function violation(fromFile: string, spec: string): string | undefined {
@@ -56,18 +25,6 @@ function violation(fromFile: string, spec: string): string | undefined {
   const local = resolveLocal(fromFile, spec);
   if (local && FORBIDDEN_DIRS.some((d) => local.startsWith(d))) return `${fromFile} imports ${spec} (${local})`;
   return undefined;
-}
-
-function walk(dir: string): string[] {
-  const abs = join(ROOT, dir);
-  if (!existsSync(abs)) return [];
-  const out: string[] = [];
-  for (const name of readdirSync(abs)) {
-    const rel = join(dir, name);
-    if (statSync(join(ROOT, rel)).isDirectory()) out.push(...walk(rel));
-    else if (name.endsWith('.ts')) out.push(rel);
-  }
-  return out;
 }
 
 const scanned = [...walk(join('src', 'worker')), ...walk(join('src', 'operators'))].filter(

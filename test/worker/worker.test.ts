@@ -69,7 +69,8 @@ for (const backend of BACKENDS) {
       assert.equal(claims, 1, 'visibility was extended while the task ran');
       await until('queue drained again', async () => (await queue.depth(TASK_QUEUE)) === 0);
 
-      // 3. Graceful stop: a running task gets the grace period, then is abandoned (not completed).
+      // 3. Graceful stop: a running task gets the grace period, then its lease is released (not
+      // completed, not left to expire): the Dispatcher queues it again at once.
       const stuck = fake.addTask(makeTask({ operator: 'test_sleep', config: { ms: 60_000 } }));
       await queue.send(TASK_QUEUE, { task_id: stuck.payload.task_id });
       await until('stuck task claimed', () => stuck.status === 'Running');
@@ -77,8 +78,9 @@ for (const backend of BACKENDS) {
       const t0 = Date.now();
       await worker.stop({ graceMs: 300 });
       assert.ok(Date.now() - t0 < 5_000, 'stop() returned promptly after the grace period');
-      assert.equal(stuck.status, 'Running', 'abandoned, not completed: its lease expires and the Dispatcher retries');
-      assert.equal(stuck.completions.length, 0);
+      assert.equal(stuck.status, 'Queued', 'released, not completed');
+      assert.equal(fake.bodies('/v1/task/complete').filter((b) => b.task_id === stuck.payload.task_id).length, 0);
+      assert.deepEqual(fake.bodies('/internal/task-release').map((b) => [b.task_id, b.reason]), [[stuck.payload.task_id, 'shutdown']]);
       assert.equal(worker.inFlight, 0);
 
       // After stop nothing is received any more.

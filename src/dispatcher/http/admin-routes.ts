@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
-import { notFound, unprocessable } from '../../core/errors.js';
+import { TraceError, badRequest, notFound, unprocessable } from '../../core/errors.js';
+import { estimateTriggerTasks } from '../trigger-estimate.js';
 import { newId } from '../../core/ids.js';
 import { parseInput } from '../../core/http.js';
 import type { DispatcherContext } from '../service.js';
@@ -27,8 +28,24 @@ export function adminRoutes(app: FastifyInstance, ctx: DispatcherContext): void 
     const trigger: Record<string, unknown> = { kind: 'manual', by: p.sub };
     if ('cursor' in body) trigger.cursor = body.cursor;
     if ('start' in body) Object.assign(trigger, { start: body.start, end: body.end, partition_key: `${body.start}-${body.end}` });
-    if (j.activation === 'reactive' && !('cursor' in body) && !('start' in body)) {
+    const hasCursor = 'cursor' in body || 'start' in body;
+    if (j.activation === 'reactive' && !hasCursor) {
       throw unprocessable('a reactive job needs --cursor or --range to trigger', [{ path: 'cursor', message: 'required for a reactive job' }]);
+    }
+    if (j.activation === 'source' && !hasCursor && deps.catalog.get(j.operator)?.triggerNeedsCursor?.(j.config ?? {})) {
+      throw badRequest(`cursor is required: ${j.operator} would otherwise use the current Unix time as the cursor; give cursor (or start and end)`, 'CURSOR_REQUIRED',
+        [{ path: 'cursor', message: `required to trigger ${dag}.${job} (operator ${j.operator})` }]);
+    }
+    // What the trigger sets off, before anything is created.
+    const limit = deps.settings.triggerConfirmAbove;
+    const flow = 'cursor' in body
+      ? { events: 1, ...(typeof body.cursor === 'number' ? { cursor: body.cursor } : {}) }
+      : 'start' in body ? { events: 1, span: body.end - body.start } : { events: 1 };
+    const estimated = await estimateTriggerTasks(deps.state, deps.catalog, j, flow, 1_000_000_000);
+    if (estimated > limit && body.confirm !== true) {
+      throw new TraceError(422, 'TRIGGER_NEEDS_CONFIRMATION',
+        `this trigger would set off about ${estimated} tasks, more than the limit of ${limit}; check the cursor or range, and send confirm: true to go ahead`,
+        { extra: { estimated_tasks: estimated, limit } });
     }
     // A manual trigger of a reactive job acts as an upstream event on its first input.
     const inputs: unknown[] = [];
@@ -49,8 +66,8 @@ export function adminRoutes(app: FastifyInstance, ctx: DispatcherContext): void 
       const r = await deps.state.query<{ id: string }>(`SELECT id FROM tasks WHERE job_id = $1 AND dedupe_key = $2`, [j.id, key]);
       taskId = r.rows[0]!.id;
     }
-    req.log.info({ org_id: p.org_id, dag, job, task_id: taskId }, 'manual trigger');
-    return reply.status(created.length > 0 ? 201 : 200).send({ task_id: taskId, created: created.length > 0 });
+    req.log.info({ org_id: p.org_id, dag, job, task_id: taskId, estimated_tasks: estimated }, 'manual trigger');
+    return reply.status(created.length > 0 ? 201 : 200).send({ task_id: taskId, created: created.length > 0, estimated_tasks: estimated });
   });
 
   app.get('/v1/tasks', async (req) => {

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { UUID_RE } from '../../core/ids.js';
+import { DEPENDENCIES } from '../../core/dependency.js';
 
 export const uuid = z.string().regex(UUID_RE, 'must be a UUID');
 
@@ -24,6 +25,15 @@ export const eventSchema = z.union([
 
 export const claimBody = z.strictObject({ task_id: uuid, worker_id: z.string().min(1).max(200) });
 export const heartbeatBody = z.strictObject(fence);
+export const releaseBody = z.strictObject({
+  ...fence,
+  reason: z.enum(['shutdown', 'infrastructure']),
+  dependency: z.enum(DEPENDENCIES).optional(),
+  error_message: z.string().max(2000).optional(),
+}).refine((b) => b.reason !== 'infrastructure' || b.dependency !== undefined, { path: ['dependency'], message: 'required when reason is infrastructure' })
+  .refine((b) => b.reason !== 'shutdown' || b.dependency === undefined, { path: ['dependency'], message: 'only with reason infrastructure' });
+/** `lease_token` is optional: the Query Service asks for callers that did not send one (older SDK copies). */
+export const leaseCheckBody = z.strictObject({ task_id: fence.task_id, attempt: fence.attempt, lease_token: uuid.optional() });
 export const eventsBody = z.strictObject({ ...fence, events: z.array(eventSchema).max(10_000) });
 
 const storageRef = z.record(z.string(), z.unknown());
@@ -55,18 +65,26 @@ export const bufferPublishBody = z.strictObject({
   batch_uri: z.string().min(1).max(2048).regex(/^(s3|file):\/\//, 'must be an s3:// or file:// URI'),
   content_type: z.literal('application/jsonl'),
   batch_size_bytes: z.number().int().nonnegative().max(16 * 1024 * 1024),
-  dedupe_scope: z.string().regex(/^[a-z][a-z0-9_]{0,127}$/, 'must be a dataset name'),
+  dedupe_scope: z.string().regex(/^[a-z][a-z0-9_]{0,127}$/, 'must be a dataset name matching ^[a-z][a-z0-9_]{0,127}$'),
 });
 
 export const activateBody = z.strictObject({ dag_version_id: uuid });
 
+const triggerCommon = {
+  idempotency_key: z.string().min(1).max(200).optional(),
+  /** Go ahead although the trigger is estimated to set off more tasks than the limit. */
+  confirm: z.boolean().optional(),
+};
+
 export const triggerBody = z.union([
-  z.strictObject({ cursor, idempotency_key: z.string().min(1).max(200).optional() }),
-  z.strictObject({ start: z.number().int().nonnegative(), end: z.number().int().positive(), idempotency_key: z.string().min(1).max(200).optional() })
+  z.strictObject({ cursor, ...triggerCommon }),
+  z.strictObject({ start: z.number().int().nonnegative(), end: z.number().int().positive(), ...triggerCommon })
     .refine((b) => b.end > b.start, 'end must be greater than start'),
-  z.strictObject({ idempotency_key: z.string().min(1).max(200).optional() }),
+  z.strictObject({ ...triggerCommon }),
 ]);
 
 export const dagNameParam = z.string().regex(/^[a-z][a-z0-9_]{0,63}$/, 'must be a DAG name');
 export const jobNameParam = dagNameParam;
-export const datasetNameParam = z.string().regex(/^[a-z][a-z0-9_]{0,127}$/, 'must be a dataset name');
+/** The allowed form of a dataset name, as every dataset-name error states it. */
+export const DATASET_NAME_RULE = 'must match ^[a-z][a-z0-9_]{0,127}$ (a lower-case letter, then up to 127 lower-case letters, digits or underscores)';
+export const datasetNameParam = z.string().regex(/^[a-z][a-z0-9_]{0,127}$/, `must be a dataset name: ${DATASET_NAME_RULE}`);

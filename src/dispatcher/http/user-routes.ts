@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { badRequest, notFound, payloadTooLarge } from '../../core/errors.js';
 import { DEFAULTS } from '../../core/config.js';
-import { header, parseInput } from '../../core/http.js';
+import { header, parseInput, withYamlBodies } from '../../core/http.js';
 import type { DispatcherContext } from '../service.js';
 import { authenticate, type Principal } from '../identity.js';
 import { activateDag, deployDag, listVersions } from '../dags.js';
@@ -18,27 +18,30 @@ export function userRoutes(app: FastifyInstance, ctx: DispatcherContext): void {
   const { deps } = ctx;
   const auth = userAuth(ctx);
 
-  app.post('/v1/dags/:dag/versions', async (req, reply) => {
-    const p = await auth(req);
-    const { dag } = parseInput(z.strictObject({ dag: dagNameParam }), req.params, 'route');
-    const { activate } = parseInput(z.strictObject({ activate: z.enum(['true', 'false']).optional() }), req.query, 'query string');
-    let yaml: string;
-    let activateFlag = activate === 'true';
-    if (typeof req.body === 'string') {
-      yaml = req.body;
-    } else {
-      const b = parseInput(z.strictObject({ yaml: z.string(), activate: z.boolean().optional() }), req.body);
-      yaml = b.yaml;
-      activateFlag ||= b.activate ?? false;
-    }
-    if (Buffer.byteLength(yaml) > DEFAULTS.maxDagYamlBytes) throw payloadTooLarge(`DAG YAML is larger than ${DEFAULTS.maxDagYamlBytes} bytes`);
-    if (yaml.trim() === '') throw badRequest('DAG YAML is empty', 'YAML_MALFORMED');
-    const r = await deployDag(deps.state, deps.catalog, p.org_id, p.user_id, yaml, {
-      activate: activateFlag, expectName: dag, allowHidden: deps.allowHiddenOperators ?? false,
+  // YAML (or JSON {yaml}) bodies.
+  withYamlBodies(app, (scope) => {
+    scope.post('/v1/dags/:dag/versions', async (req, reply) => {
+      const p = await auth(req);
+      const { dag } = parseInput(z.strictObject({ dag: dagNameParam }), req.params, 'route');
+      const { activate } = parseInput(z.strictObject({ activate: z.enum(['true', 'false']).optional() }), req.query, 'query string');
+      let yaml: string;
+      let activateFlag = activate === 'true';
+      if (typeof req.body === 'string') {
+        yaml = req.body;
+      } else {
+        const b = parseInput(z.strictObject({ yaml: z.string(), activate: z.boolean().optional() }), req.body);
+        yaml = b.yaml;
+        activateFlag ||= b.activate ?? false;
+      }
+      if (Buffer.byteLength(yaml) > DEFAULTS.maxDagYamlBytes) throw payloadTooLarge(`DAG YAML is larger than ${DEFAULTS.maxDagYamlBytes} bytes`);
+      if (yaml.trim() === '') throw badRequest('DAG YAML is empty', 'YAML_MALFORMED');
+      const r = await deployDag(deps.state, ctx.dagParser, p.org_id, p.user_id, yaml, {
+        activate: activateFlag, expectName: dag, allowHidden: deps.allowHiddenOperators ?? false,
+      });
+      if (r.active) ctx.kickOutbox();
+      req.log.info({ org_id: p.org_id, dag, dag_version_id: r.dag_version_id, created: r.created }, 'dag deployed');
+      return reply.status(r.created ? 201 : 200).send(r);
     });
-    if (r.active) ctx.kickOutbox();
-    req.log.info({ org_id: p.org_id, dag, dag_version_id: r.dag_version_id, created: r.created }, 'dag deployed');
-    return reply.status(r.created ? 201 : 200).send(r);
   });
 
   app.get('/v1/dags/:dag/versions', async (req) => {

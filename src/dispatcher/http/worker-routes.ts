@@ -5,7 +5,8 @@ import { notFound } from '../../core/errors.js';
 import { z } from 'zod';
 import type { DispatcherContext } from '../service.js';
 import { taskPayload } from '../payload.js';
-import { claimBody, uuid } from './schemas.js';
+import { claimBody, releaseBody, uuid } from './schemas.js';
+import { releaseTask } from '../tasks/release.js';
 
 /** Worker-only routes (`X-Trace-Worker-Token`): claim, fetch, task JWKS. */
 export function workerRoutes(app: FastifyInstance, ctx: DispatcherContext): void {
@@ -33,6 +34,20 @@ export function workerRoutes(app: FastifyInstance, ctx: DispatcherContext): void
     if (!t) throw notFound('task not found', 'TASK_NOT_FOUND');
     const job = await ctx.jobs.require(t.job_id);
     return { task_id: t.id, status: t.status, attempt: t.attempt, task: taskPayload(t, job) };
+  });
+
+  // Fenced release (worker token + the lease's fencing triple): give the lease back without
+  // finishing the attempt and without using up max_attempts (shutdown, unreachable dependency).
+  app.post('/internal/task-release', async (req) => {
+    const body = parseInput(releaseBody, req.body);
+    const r = await deps.state.tx((q) => releaseTask(q, body, {
+      reason: body.reason,
+      ...(body.dependency ? { dependency: body.dependency } : {}),
+      ...(body.error_message ? { error_message: body.error_message } : {}),
+    }, (id) => ctx.jobs.require(id), ctx.releasePolicy()));
+    if (r.woke) ctx.kickOutbox();
+    if (r.applied) req.log.info({ task_id: body.task_id, attempt: body.attempt, reason: body.reason, dependency: body.dependency, status: r.status }, 'lease released');
+    return { ok: true, status: r.status, ...(r.retry_at ? { retry_at: r.retry_at.toISOString() } : {}) };
   });
 
   app.get('/internal/jwks/task', async () => deps.issuer.jwks());

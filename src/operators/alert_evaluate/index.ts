@@ -29,6 +29,9 @@ export const alertEvaluate: Operator = {
     runtimes: ['lambda'],
     udf: 'required',
     activations: ['reactive'],
+    executionStrategies: ['PerUpdate'],
+    // alert events are upserted by the sink on (org, dedupe_key)
+    writes: { append: ['dedupe_key'] },
     validateConfig: (config) => configProblems(configSchema, config),
   },
   async run() {

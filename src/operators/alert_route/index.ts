@@ -64,6 +64,11 @@ export const alertRouteInfo: OperatorInfo = {
   runtimes: ['ecs_platform', 'dispatcher'],
   udf: 'forbidden',
   activations: ['reactive'],
+  executionStrategies: ['PerUpdate'],
+  // one delivery per (alert event, channel); a re-run adds nothing
+  writes: { replace: true },
+  // routes only the alert events its edge's where selects
+  filtersInputs: true,
   validateConfig: (config) => configProblems(configSchema, config),
 };
 

@@ -70,7 +70,12 @@ export const cursorEmitter: Operator = {
     runtimes: ['ecs_platform', 'dispatcher', 'lambda'],
     udf: 'forbidden',
     activations: ['source'],
+    executionStrategies: [],
+    // one cursor event per trigger, deduplicated on the cursor
+    writes: { append: ['cursor'], replace: true },
     validateConfig: (config) => configProblems(configSchema, config),
+    // Without a cursor a manual trigger would emit the current Unix time (tick mode).
+    triggerNeedsCursor: (config) => config.cursor_from !== 'counter',
   },
   run,
 };

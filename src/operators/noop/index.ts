@@ -7,6 +7,9 @@ export const noop: Operator = {
     runtimes: ['ecs_platform', 'dispatcher', 'lambda'],
     udf: 'forbidden',
     activations: ['source', 'reactive'],
+    executionStrategies: ['PerUpdate', 'PerPartition'],
+    // writes nothing, so a re-run leaves the same (empty) output
+    writes: { replace: true },
     validateConfig: () => [],
   },
   async run() {

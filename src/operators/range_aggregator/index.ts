@@ -107,7 +107,23 @@ export const rangeAggregator: Operator = {
     runtimes: ['ecs_platform', 'dispatcher'],
     udf: 'forbidden',
     activations: ['reactive'],
+    // cursor events in; full ranges out, deduplicated on partition_key, accumulated in state
+    executionStrategies: ['PerUpdate'],
+    writes: { append: ['partition_key'] },
     validateConfig: (config) => configProblems(configSchema, config),
+    fanOut: (config, input, states) => {
+      const size = typeof config.range_size === 'number' && config.range_size > 0 ? config.range_size : 1;
+      const start = typeof config.start === 'number' ? config.start : 0;
+      // Ranges already emitted (any input stream; the furthest one is the conservative choice
+      // only when there is one stream, which is the common case).
+      const ends = states.filter((s) => s.state_key.startsWith('cursor:')).map((s) => s.state.last_emitted_end).filter((v): v is number => typeof v === 'number');
+      const from = ends.length > 0 ? Math.min(...ends) : start;
+      let ranges: number;
+      if (input.cursor !== undefined) ranges = Math.max(0, Math.floor((input.cursor + 1 - from) / size));
+      else if (input.span !== undefined) ranges = Math.floor((input.events * input.span) / size);
+      else ranges = 0;
+      return { events: Math.min(ranges, input.events * MAX_RANGES_PER_TASK), span: size };
+    },
   },
   run,
 };

@@ -55,7 +55,15 @@ export const rangeSplitter: Operator = {
     runtimes: ['ecs_platform', 'dispatcher'],
     udf: 'forbidden',
     activations: ['reactive'],
+    // range events in, sub-ranges out: the same range always yields the same chunks
+    executionStrategies: ['PerPartition'],
+    writes: { append: ['partition_key'], replace: true },
     validateConfig: (config) => configProblems(configSchema, config),
+    fanOut: (config, input) => {
+      const chunk = typeof config.chunk_size === 'number' && config.chunk_size > 0 ? config.chunk_size : undefined;
+      if (chunk === undefined || input.span === undefined) return { events: input.events, ...(input.span !== undefined ? { span: input.span } : {}) };
+      return { events: input.events * Math.ceil(input.span / chunk), span: Math.min(chunk, input.span) };
+    },
   },
   run,
 };

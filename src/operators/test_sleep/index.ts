@@ -1,7 +1,8 @@
 /**
  * test_sleep (hidden, tests only): sleeps `config.ms` milliseconds, rejecting as soon as the
  * abort signal fires. `config.ignore_abort: true` keeps sleeping regardless (a misbehaving
- * operator, to test that the wrapper does not wait for it).
+ * operator, to test that the wrapper does not wait for it). `config.emit_cursor: true` then emits
+ * the trigger's cursor on output 0, so each triggered work item has one downstream output.
  */
 import { z } from 'zod';
 import { parseConfig, testOperatorInfo } from '../config.js';
@@ -10,6 +11,7 @@ import type { Operator } from '../types.js';
 const configSchema = z.strictObject({
   ms: z.number().int().min(0),
   ignore_abort: z.boolean().optional(),
+  emit_cursor: z.boolean().optional(),
 });
 
 export const testSleep: Operator = {
@@ -31,6 +33,7 @@ export const testSleep: Operator = {
         else ctx.signal.addEventListener('abort', onAbort, { once: true });
       }
     });
-    return {};
+    const cursor = ctx.task.trigger.cursor;
+    return cfg.emit_cursor && cursor !== undefined ? { events: [{ output_index: 0, cursor }] } : {};
   },
 };
