@@ -6,8 +6,10 @@ import { backoffDelayMs, type BackoffPolicy } from './backoff.js';
  * buffer publishes, a Delivery Service outcome). The deadline is read before every try, so a
  * heartbeat that extends the lease also extends the retrying.
  *
- * A try is started only when it can begin before the deadline; the last error is thrown once the
- * next wait would cross it, when the error is not retryable, or when `signal` aborts.
+ * A try is started only when it can begin before the deadline. When the next backoff wait would
+ * cross the deadline, the wait is shortened so one last try starts just before it (the time left is
+ * used, whatever the jitter drew); the last error is thrown once no time is left, when the error
+ * is not retryable, or when `signal` aborts.
  */
 export interface RetryUntilOptions {
   /** Epoch milliseconds after which no new try starts. */
@@ -21,6 +23,9 @@ export interface RetryUntilOptions {
   onRetry?: (e: unknown, tryNo: number, delayMs: number) => void;
 }
 
+/** The last try starts at least this long before the deadline, so it is under way before it passes. */
+const LAST_TRY_MARGIN_MS = 20;
+
 export const DEADLINE_RETRY_BACKOFF: BackoffPolicy = { baseMs: 250, maxMs: 5_000 };
 
 export async function retryUntil<T>(op: (tryNo: number) => Promise<T>, o: RetryUntilOptions): Promise<T> {
@@ -30,8 +35,9 @@ export async function retryUntil<T>(op: (tryNo: number) => Promise<T>, o: RetryU
       return await op(tryNo);
     } catch (e) {
       if (!o.retryable(e) || o.signal?.aborted) throw e;
-      const delay = backoffDelayMs(policy, tryNo);
-      if (Date.now() + delay >= o.deadline()) throw e;
+      const left = o.deadline() - Date.now() - LAST_TRY_MARGIN_MS;
+      if (left <= 0) throw e;
+      const delay = Math.min(backoffDelayMs(policy, tryNo), left);
       o.onRetry?.(e, tryNo, delay);
       await sleep(delay, o.signal);
       if (o.signal?.aborted) throw e;
