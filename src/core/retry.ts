@@ -40,7 +40,8 @@ export async function retryUntil<T>(op: (tryNo: number) => Promise<T>, o: RetryU
       const delay = Math.min(backoffDelayMs(policy, tryNo), left);
       o.onRetry?.(e, tryNo, delay);
       await sleep(delay, o.signal);
-      if (o.signal?.aborted) throw e;
+      // A timer can fire late on a busy machine: no try starts once the deadline has passed.
+      if (o.signal?.aborted || Date.now() >= o.deadline()) throw e;
     }
   }
 }

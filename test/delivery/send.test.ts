@@ -352,7 +352,7 @@ describe('sendWebhook: real HTTPS receiver on 127.0.0.1 (development loopback sw
     );
     const took = Date.now() - started;
     assert.deepEqual([r.outcome, r.error], ['retryable', 'connect timed out']);
-    assert.ok(took < 1500, `took ${took} ms`);
+    assert.ok(took < 3000, `took ${took} ms`); // well under the 4 s send timeout
   });
 
   it('reads at most maxResponseBytes of an endless 200 body and still reports delivered promptly', async () => {
@@ -360,7 +360,7 @@ describe('sendWebhook: real HTTPS receiver on 127.0.0.1 (development loopback sw
     const r = await sendWebhook(base({ ...dev, url: `https://hooks.example.com:${httpsPort}/endless`, lookup: countingLookup([['127.0.0.1']]), maxResponseBytes: 1024, timeoutMs: 4000 }));
     assert.equal(r.outcome, 'delivered', r.error);
     assert.equal(r.status, 200);
-    assert.ok(Date.now() - started < 2000);
+    assert.ok(Date.now() - started < 3500, 'delivered before the 4 s send timeout');
   });
 
   it('verifies the certificate against the URL host name, not the IP', async () => {
@@ -415,7 +415,7 @@ describe('sendWebhook: real HTTPS receiver on 127.0.0.1 (development loopback sw
     const started = Date.now();
     const r = await sendWebhook(base({ ...dev, url: `https://hooks.example.com:${httpsPort}/slow`, lookup: countingLookup([['127.0.0.1']]), signal: ac.signal, timeoutMs: 4000 }));
     assert.deepEqual([r.outcome, r.error], ['retryable', 'send aborted']);
-    assert.ok(Date.now() - started < 1500);
+    assert.ok(Date.now() - started < 3000, 'stopped by the abort, not the 4 s send timeout');
   });
 });
 

@@ -209,7 +209,7 @@ for (const backend of BACKENDS) {
       });
       const got = await waiting;
       assert.deepEqual(got.map((m) => m.body), [{ n: 'committed' }]);
-      assert.ok(Date.now() - t0 < 1000);
+      assert.ok(Date.now() - t0 < 2500, 'woken by the commit, not by the 5 s wait running out');
     });
 
     test('long poll wakes on a send from another connection', async (t) => {
@@ -229,7 +229,7 @@ for (const backend of BACKENDS) {
         const got = await waiting;
         const latency = Date.now() - t0;
         assert.equal(got.length, 1);
-        assert.ok(latency < 1000, `wake-up latency ${latency} ms`);
+        assert.ok(latency < 2500, `wake-up latency ${latency} ms (the wait is 5 s)`);
         t.diagnostic(`wake-up latency ${latency} ms`);
       } finally {
         await receiver.close();
