@@ -11,8 +11,9 @@
  *   `publishIntervalMs` when new transfers were mined;
  * - starts a local webhook receiver, creates the alert definition "demo: transfers >= 90000"
  *   delivering to it, uploads examples/udf/node-alert as a bundle and deploys the DAG
- *   `demo_alerts` (alert_evaluate over `transfers`, then alert_route), and triggers the
- *   evaluation after each registration, so alerts reach the receiver as the chain runs.
+ *   `demo_alerts` (alert_evaluate over `transfers`, then alert_route) and triggers its first
+ *   evaluation; each later registration of `transfers` is a dataset update that runs the
+ *   reactive evaluation again, so alerts reach the receiver as the chain runs.
  *
  * The receiver is plain http on loopback: the caller must turn on the Delivery Service's
  * development switch for this process (`trace lite up --demo` does, and says so).
@@ -316,6 +317,7 @@ export async function startDemo(opts: DemoOptions): Promise<DemoHandle> {
       lastBlock = last;
       return true;
     };
+    // The first registration came before the DAG existed: its first evaluation is triggered by hand.
     const trigger = () => admin('POST', `/v1/dags/${DEMO_ALERT_DAG}/jobs/evaluate/trigger`, { cursor: lastBlock, idempotency_key: `transfers:${lastBlock}` });
 
     // One block of transfers, so `transfers` exists before the DAG that reads it is deployed.
@@ -338,8 +340,10 @@ export async function startDemo(opts: DemoOptions): Promise<DemoHandle> {
     tick();
     publisher = setInterval(() => {
       if (stopped || publishing) return;
+      // A registration that changes `transfers` is a dataset update: the Dispatcher routes it to
+      // every reactive job reading `transfers` (this demo's and the README example's).
       publishing = publish()
-        .then(async (changed) => { if (changed && !stopped) await trigger(); })
+        .then(() => undefined)
         .catch((e: unknown) => opts.log?.warn({ err: e instanceof Error ? e.message : String(e) }, 'demo transfers publish failed'))
         .finally(() => { publishing = undefined; });
     }, Math.max(500, opts.publishIntervalMs ?? 5000));

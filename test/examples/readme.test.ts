@@ -21,6 +21,7 @@ let work: string;
 let env: NodeJS.ProcessEnv;
 let lite: ChildProcess | undefined;
 let liteOut = '';
+let liteErr = '';
 const drops: Array<() => Promise<void>> = [];
 
 async function sleep(ms: number) { await new Promise((r) => setTimeout(r, ms)); }
@@ -70,7 +71,6 @@ test('examples/udf/README.md and the README quick start run literally on a fresh
 
   // The first block, as written, plus what a test needs: free ports (the defaults may be taken).
   lite = spawn(join(env.PATH!.split(':')[0]!, 'trace'), [...upBlock!.trim().split(' ').slice(1), '--port-base', '0'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let liteErr = '';
   lite.stdout!.setEncoding('utf8').on('data', (x: string) => { liteOut += x; });
   lite.stderr!.setEncoding('utf8').on('data', (x: string) => { liteErr = (liteErr + x).slice(-4000); });
   for (;;) {
@@ -92,8 +92,8 @@ test('examples/udf/README.md and the README quick start run literally on a fresh
   for (;;) {
     if ((await deliveries()).deliveries.some((x) => x.status === 'Delivered')) break;
     if (Date.now() > deadline) {
-      const tasks = await bash('trace tasks --json || true');
-      assert.fail(`no delivery of the README alert within 240 s; deliveries: ${JSON.stringify(await deliveries())}\ntasks: ${tasks.stdout.slice(0, 6000)}\nlite: ${liteOut.slice(-2000)}`);
+      const tasks = await bash('trace tasks --dag transfer_alerts || true');
+      assert.fail(`no delivery of the README alert within 240 s; deliveries: ${JSON.stringify(await deliveries())}\ntasks: ${tasks.stdout.slice(0, 6000)}\nlite: ${liteOut.slice(-2000)}\nlite stderr: ${liteErr}`);
     }
     await sleep(250);
   }

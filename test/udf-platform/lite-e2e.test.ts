@@ -5,7 +5,8 @@
  * two webhook channels on a local receiver, and examples/udf/alerts.dag.yaml adapted to those ids.
  * Triggering the evaluation runs the UDF in a child process, the lite sink writes the alert events
  * once, alert_route creates the deliveries and the lite Delivery Service posts them with an
- * `Idempotency-Key`. Evaluating the same input again adds no rows and sends nothing twice. The
+ * `Idempotency-Key`. Evaluating the same input again adds no rows and sends nothing twice;
+ * registering new files runs the reactive evaluation once on its own. The
  * registered dataset answers `/v1/query` the same through the Query Service and the Gateway.
  */
 import { after, before, describe, it } from 'node:test';
@@ -98,6 +99,7 @@ for (const backend of BACKENDS) {
       assert.equal(reg.status, 201, JSON.stringify(reg.body));
       assert.equal(reg.body.kind, 'external');
       assert.equal(reg.body.files, 1);
+      await quiet(); // its dataset update is routed (to no one yet) before any DAG reads the dataset
 
       const q = { dataset: DATASET, sql: 'SELECT block_number, value FROM dataset WHERE value >= 1000 ORDER BY block_number', limit: 100 };
       const ask = async (base: string) => {
@@ -182,6 +184,39 @@ for (const backend of BACKENDS) {
       assert.equal(rec.requests.length, before.requests);
       const batch = (await p.dbs.data.query<{ rows_inserted: number }>(`SELECT rows_inserted FROM buffer_batches WHERE task_id = $1`, [t])).rows;
       assert.deepEqual(batch.map((b) => Number(b.rows_inserted)), [0], 'the re-run batch was committed with nothing new');
+    });
+
+    it('registering new files is a dataset update: the reactive evaluation runs once on its own; an unchanged folder runs nothing', async () => {
+      assert.ok(ids.dag, 'the earlier test deployed the DAG');
+      const evaluations = async () => (await p.dbs.state.query<{ id: string; status: string; outputs: unknown }>(
+        `SELECT t.id, t.status, t.outputs FROM tasks t JOIN jobs j ON j.id = t.job_id
+          WHERE j.dag_name = $1 AND j.name = 'evaluate_node' AND t.trigger->>'kind' = 'event'`, [ids.dag])).rows;
+      assert.equal((await evaluations()).length, 0, 'no event-triggered evaluation before the new files');
+      const before = { events: await events(), deliveries: await deliveries(), requests: rec.requests.length };
+      await writeParquet([{ path: join(dataDir, 'part-1.parquet'), select: `SELECT 104::INTEGER AS block_number, '0x${'ff'.repeat(32)}' AS tx_hash, 5000::DOUBLE AS value, TIMESTAMPTZ '${ago(20_000)}' AS block_time` }]);
+      const reg = await p.api('POST', `/v1/datasets/${DATASET}/register`, { from: `file://${dataDir}/` });
+      assert.equal(reg.status, 201, JSON.stringify(reg.body));
+      assert.equal(reg.body.changed, true);
+      assert.equal(reg.body.routed, true);
+
+      const [run] = await waitFor('the event-triggered evaluation', async () => {
+        const rows = await evaluations();
+        return rows.length > 0 && rows.every((r) => r.status === 'Completed' || r.status === 'Failed') ? rows : undefined;
+      }, 40_000);
+      assert.equal(run!.status, 'Completed');
+      assert.deepEqual(run!.outputs, [{ alerts: 5 }], 'the evaluation read the new version: four old transfers and the new one');
+      await waitFor('2 more notifications', async () => rec.requests.length >= before.requests + 2, 30_000);
+      await quiet();
+      assert.equal(await events(), before.events + 1, 'only the new transfer is a new alert event');
+      assert.equal(await deliveries(), before.deliveries + 2);
+
+      // The same file set again: 200, no version change, no event, no task.
+      const again = await p.api('POST', `/v1/datasets/${DATASET}/register`, { from: `file://${dataDir}/` });
+      assert.equal(again.status, 200, JSON.stringify(again.body));
+      assert.equal(again.body.routed, false);
+      await quiet();
+      assert.equal((await evaluations()).length, 1, 'each update ran the evaluation exactly once');
+      assert.equal(rec.requests.length, before.requests + 2);
     });
   });
 }

@@ -11,6 +11,12 @@
  * `s3` sources are recorded without listing (listing needs S3 credentials, which the Query
  * Service uses at query time); their version changes only when the URL or glob changes.
  *
+ * A registration that changes the current version is a dataset update: in the same transaction
+ * it records one `dataset_events` row (a cursor event on the new current version, the cursor
+ * being the registration time in epoch milliseconds) and a `route_event` outbox row, so every
+ * reactive job of an active DAG that reads the dataset gets one task for it, exactly as for a
+ * job's output. An unchanged registration emits nothing.
+ *
  * What is stored: `datasets` row `kind = 'external'`, no producer, `dataset_uuid =
  * uuidV5('external_dataset', org_id, name)`; `dataset_versions.storage_ref` is the capability
  * token StorageRef shape (`{scheme:'file', prefix:'/abs/dir/', glob}` or `{scheme:'s3', bucket,
@@ -30,6 +36,7 @@ import { DEFAULT_GLOB, resolveStorageFiles } from '../../query/storage.js';
 import type { DispatcherContext } from '../service.js';
 import { checkRegisteredSource, type DatasetStorage } from '../publication.js';
 import { requireAdmin } from '../identity.js';
+import { eventKey, type DatasetEvent } from '../tasks/types.js';
 import { DATASET_NAME_RULE, datasetNameParam } from './schemas.js';
 import { userAuth } from './user-routes.js';
 
@@ -43,6 +50,8 @@ export interface ExternalRegistration {
   /** The current version changed (a new or an earlier file set became current). */
   changed: boolean;
   storage_ref: StorageRef;
+  /** Reactive consumers were told (a dataset event was recorded and queued for routing). */
+  routed: boolean;
   /** `file` sources: files and bytes in the registered set; null for `s3` (not listed). */
   files: number | null;
   bytes: number | null;
@@ -146,6 +155,16 @@ const FIND_VERSION = `
 SELECT id FROM dataset_versions
 WHERE dataset_uuid = $1 AND config_hash = $2 AND range_start IS NULL AND range_end IS NULL`;
 const SET_CURRENT = `UPDATE datasets SET current_version = $2, updated_at = now() WHERE id = $1`;
+/** The update a changed registration is: recorded once, then routed by the outbox like a task's events. */
+const RECORD_EVENT = `
+WITH ins AS (
+  INSERT INTO dataset_events (org_id, dataset_uuid, event_key, event, routed)
+  VALUES ($1, $2, $3, $4::jsonb, true)
+  ON CONFLICT (dataset_uuid, event_key) DO NOTHING
+  RETURNING id
+)
+INSERT INTO outbox (kind, payload)
+SELECT 'route_event', jsonb_build_object('org_id', $1::text, 'event', $4::jsonb, 'producer_task_id', NULL) FROM ins`;
 
 /**
  * Registers (or refreshes) the external dataset `name` of `orgId` from `from`. Throws 409
@@ -181,14 +200,16 @@ export async function registerExternalDataset(db: Db, orgId: string, name: strin
     const base = { name, dataset_uuid: row.id, kind: 'external' as const, created, storage_ref: ref, files: listed.files, bytes: listed.bytes };
     if (row.current_version) {
       const cur = (await q.query<{ config_hash: string | null }>(CURRENT_HASH, [row.current_version])).rows[0];
-      if (cur?.config_hash === listed.hash) return { ...base, dataset_version: row.current_version, changed: false };
+      if (cur?.config_hash === listed.hash) return { ...base, dataset_version: row.current_version, changed: false, routed: false };
     }
     const version = uuidV5('external_dataset_version', row.id, listed.hash);
     await q.query(INSERT_VERSION, [version, row.id, location, JSON.stringify(ref), listed.hash]);
     const found = (await q.query<{ id: string }>(FIND_VERSION, [row.id, listed.hash])).rows[0];
     const current = found?.id ?? version;
     await q.query(SET_CURRENT, [row.id, current]);
-    return { ...base, dataset_version: current, changed: true };
+    const event: DatasetEvent = { dataset_uuid: row.id, dataset_version: current, cursor: Date.now() };
+    const routed = (await q.query(RECORD_EVENT, [orgId, row.id, eventKey(event), JSON.stringify(event)])).rowCount > 0;
+    return { ...base, dataset_version: current, changed: true, routed };
   });
 }
 
@@ -201,7 +222,8 @@ export function datasetAdminRoutes(app: FastifyInstance, ctx: DispatcherContext)
     const { name } = parseInput(z.strictObject({ name: datasetNameParam }), req.params, 'route');
     const body = parseInput(registerBody, req.body);
     const r = await registerExternalDataset(ctx.deps.state, p.org_id, name, body.from, body.glob, ctx.deps.datasetStorage ?? { roots: [] });
-    req.log.info({ org_id: p.org_id, dataset: name, dataset_uuid: r.dataset_uuid, dataset_version: r.dataset_version, created: r.created, changed: r.changed, scheme: r.storage_ref.scheme }, 'external dataset registered');
+    if (r.routed) ctx.kickOutbox();
+    req.log.info({ org_id: p.org_id, dataset: name, dataset_uuid: r.dataset_uuid, dataset_version: r.dataset_version, created: r.created, changed: r.changed, routed: r.routed, scheme: r.storage_ref.scheme }, 'external dataset registered');
     return reply.status(r.created || r.changed ? 201 : 200).send(r);
   });
 }
