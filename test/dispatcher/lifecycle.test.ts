@@ -12,7 +12,9 @@ async function count(p: TestPlatform, sql: string, params: unknown[] = []): Prom
 
 for (const backend of BACKENDS) {
   test(`${backend}: the worker contract is fenced at every step`, async (t) => {
-    const p = await startPlatform(backend, { workers: 0 });
+    // The test holds its leases by hand and never heartbeats: they must outlive every step even
+    // on a loaded machine (the default test lease of 2 s expired mid-step and re-queued tasks).
+    const p = await startPlatform(backend, { workers: 0, settings: { leaseSeconds: 120 } });
     try {
       await deploy(p, twoJobDag());
 

@@ -123,7 +123,8 @@ for (const backend of BACKENDS) {
     before(async () => {
       tmp = tempDir('trace-qlease-');
       await writeThreeRows(join(tmp.dir, 'trades'));
-      p = await startPlatform(backend, { workers: 0, query: { maxConcurrent: 1 } });
+      // Leases are held by hand without heartbeats: long enough to outlive each step under load.
+      p = await startPlatform(backend, { workers: 0, query: { maxConcurrent: 1 }, settings: { leaseSeconds: 120 } });
       const reg = await p.api('POST', '/v1/datasets/trades/register', { from: `${pathToFileURL(join(tmp.dir, 'trades')).href}/` });
       assert.equal(reg.status, 201, JSON.stringify(reg.body));
       const v = (await p.dbs.state.query<{ storage_ref: unknown }>(`SELECT storage_ref FROM dataset_versions WHERE id = $1`, [reg.body.dataset_version])).rows[0]!;
