@@ -14,7 +14,7 @@ import { adminRoutes } from './http/admin-routes.js';
 import { datasetAdminRoutes } from './http/dataset-admin-routes.js';
 import { exportRoutes } from './http/export-routes.js';
 import { gcRoutes } from './http/gc-routes.js';
-import { runGc, type GcCollector } from './gc.js';
+import { runGc, scratchGcCollector, type GcCollector } from './gc.js';
 
 /** How long a readiness probe waits for each dependency. */
 const READY_TIMEOUT_MS = 1_000;
@@ -51,6 +51,7 @@ export class Dispatcher {
   constructor(deps: DispatcherDeps, extraRoutes: Array<(app: FastifyInstance, ctx: DispatcherContext) => void> = [], private readonly plugins: DispatcherPlugin[] = []) {
     this.ctx = new DispatcherContext(deps);
     for (const p of plugins) if (p.completionHook) this.ctx.completionHooks.push(p.completionHook);
+    this.ctx.gcCollectors.push(scratchGcCollector(() => deps.datasetStorage?.store));
     for (const p of plugins) if (p.gcCollector) this.ctx.gcCollectors.push(p.gcCollector);
     this.app = createHttpServer({ log: deps.log, name: 'dispatcher' });
     // A request that failed on an unreachable dependency tells the monitor at once.

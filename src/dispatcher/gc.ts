@@ -224,3 +224,61 @@ export async function referencedObjects(db: Db, store: ObjectStore): Promise<Ref
   }
   return { keys, prefixes, has: (k) => keys.has(k) || prefixes.some((p) => k.startsWith(p)) };
 }
+
+const SCRATCH_GROUP = /^scratch\/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\/(\d+)\//;
+// Versions published from a task's scratch prefix: committed outputs, kept whether current or not.
+const SCRATCH_VERSIONS = `SELECT storage_ref FROM dataset_versions WHERE storage_ref::text LIKE '%scratch/%'`;
+const LIVE = `SELECT t.id FROM tasks t WHERE t.id = ANY($1::uuid[]) AND NOT ${FINISHED_TASK}`;
+
+/**
+ * Orphaned task scratch (`scratch/{task_id}/{attempt}/`, where a task's attempt writes the
+ * outputs it publishes): an attempt prefix no dataset version points into, of a task that will
+ * not run again, whose newest object is older than `gcStagingRetentionSeconds`. A prefix a
+ * version was published from is a committed output and stays.
+ */
+export function scratchGcCollector(getStore: () => ObjectStore | undefined): GcCollector {
+  return {
+    name: 'scratch',
+    async collect({ db, settings, dryRun, limit }) {
+      const store = getStore();
+      if (!store) return [];
+      const objects = await store.list('scratch/');
+      if (objects.length === 0) return [];
+      const groups = new Map<string, { task: string; objects: typeof objects }>();
+      for (const o of objects) {
+        const m = SCRATCH_GROUP.exec(o.key);
+        if (!m) continue;
+        const g = m[0];
+        const e = groups.get(g) ?? { task: m[1]!, objects: [] };
+        e.objects.push(o);
+        groups.set(g, e);
+      }
+      const committed = new Set<string>();
+      for (const r of (await db.query<{ storage_ref: unknown }>(SCRATCH_VERSIONS)).rows) {
+        try {
+          const kp = refKeyPrefix(store, parseStorageRef(r.storage_ref));
+          const m = kp === undefined ? null : SCRATCH_GROUP.exec(kp);
+          if (m) committed.add(m[0]);
+        } catch {
+          // a ref that is not a usable storage_ref points at nothing here
+        }
+      }
+      const live = new Set((await db.query<{ id: string }>(LIVE, [[...new Set([...groups.values()].map((g) => g.task))]])).rows.map((r) => r.id));
+      const referenced = await referencedObjects(db, store);
+      const before = Date.now() - settings.gcStagingRetentionSeconds * 1000;
+      const out: GcObject[] = [];
+      for (const [g, e] of groups) {
+        if (out.length >= limit) break;
+        if (committed.has(g) || live.has(e.task)) continue;
+        if (Math.max(...e.objects.map((o) => o.lastModified?.getTime() ?? Date.now())) > before) continue;
+        for (const o of e.objects) {
+          if (out.length >= limit) break;
+          if (referenced.has(o.key)) continue;
+          if (!dryRun) await store.delete(o.key);
+          out.push({ key: o.key, bytes: o.size, reason: 'staging' });
+        }
+      }
+      return out;
+    },
+  };
+}

@@ -6,7 +6,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BACKENDS, freshDbs } from '../support/db.js';
 import { defaultSettings, dispatcherSettingsFromEnv } from '../../src/dispatcher/settings.js';
-import { runGc } from '../../src/dispatcher/gc.js';
+import { runGc, scratchGcCollector } from '../../src/dispatcher/gc.js';
+import { mkdtemp, rm, utimes } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FileObjectStore } from '../../src/objectstore/file.js';
 import { silentLogger } from '../../src/core/log.js';
 import { newId } from '../../src/core/ids.js';
 import { bootstrapDeployment } from '../../src/dispatcher/identity.js';
@@ -86,5 +90,68 @@ test(`${backend}: gc removes delivered outbox rows and finished tasks' history p
     assert.equal((await db.query(`SELECT 1 FROM tasks WHERE id = $1`, [old])).rows.length, 1, 'the task row stays');
   } finally {
     await dbs.close();
+  }
+});
+
+test(`${backend}: gc removes orphaned task scratch past retention, never a published, live or referenced prefix`, async () => {
+  const dbs = await freshDbs(backend);
+  const root = await mkdtemp(join(tmpdir(), 'trace-gc-scratch-'));
+  try {
+    const db = dbs.state;
+    const store = new FileObjectStore(root);
+    const { org_id } = await bootstrapDeployment(db);
+    const dag = newId();
+    const job = newId();
+    await db.query(`INSERT INTO dag_versions (id, org_id, dag_name, yaml_hash, yaml, spec) VALUES ($1, $2, 'gc_dag', 'h', 'x', '{}')`, [dag, org_id]);
+    await db.query(`INSERT INTO jobs (id, org_id, name, dag_name, dag_version_id, activation, runtime, operator, config_hash, lineage_hash, timeout_seconds, heartbeat_timeout_seconds, max_attempts)
+      VALUES ($1, $2, 'j', 'gc_dag', $3, 'source', 'ecs_platform', 'noop', 'c', 'l', 60, 60, 3)`, [job, org_id, dag]);
+    const task = async (status: string) => {
+      const id = newId();
+      await db.query(`INSERT INTO tasks (id, org_id, job_id, status, max_attempts, timeout_seconds) VALUES ($1, $2, $3, $4, 3, 60)`, [id, org_id, job, status]);
+      return id;
+    };
+    const done = await task('Completed');
+    const running = await task('Running');
+    const put = async (key: string, ageDays: number) => {
+      await store.put(key, 'PAR1 data PAR1');
+      const t = new Date(Date.now() - ageDays * 86_400_000);
+      if (ageDays > 0) await utimes(await store.localPath(key), t, t);
+    };
+    const orphan = `scratch/${done}/1/a.parquet`;
+    const published = `scratch/${done}/2/b.parquet`;
+    const fresh = `scratch/${done}/3/c.parquet`;
+    const live = `scratch/${running}/1/d.parquet`;
+    const current = `scratch/${done}/4/e.parquet`;
+    await put(orphan, 10);
+    await put(published, 10);
+    await put(fresh, 0);
+    await put(live, 10);
+    await put(current, 10);
+    // a version published from attempt 2 (not current), and a dataset whose current version reads attempt 4 by its manifest
+    const ds = newId();
+    await db.query(`INSERT INTO datasets (id, org_id, name, kind) VALUES ($1, $2, 'out', 'job_output')`, [ds, org_id]);
+    const v2 = newId();
+    await db.query(`INSERT INTO dataset_versions (id, dataset_uuid, storage_ref, config_hash) VALUES ($1, $2, $3, 'a')`,
+      [v2, ds, JSON.stringify({ scheme: 'file', prefix: store.localDir(`scratch/${done}/2/`), glob: '*.parquet' })]);
+    await store.put(`scratch/${done}/5/m.json`, JSON.stringify({ parquet_objects: [`${done}/4/e.parquet`] }));
+    const t = new Date(Date.now() - 10 * 86_400_000);
+    await utimes(await store.localPath(`scratch/${done}/5/m.json`), t, t);
+    const v5 = newId();
+    await db.query(`INSERT INTO dataset_versions (id, dataset_uuid, storage_ref, config_hash) VALUES ($1, $2, $3, 'b')`,
+      [v5, ds, JSON.stringify({ scheme: 'file', prefix: store.localDir('scratch/'), glob: '*.parquet', manifest: `${done}/5/m.json` })]);
+    await db.query(`UPDATE datasets SET current_version = $2 WHERE id = $1`, [ds, v5]);
+    const settings = defaultSettings();
+    const collectors = [scratchGcCollector(() => store)];
+    const keys = async () => (await store.list('')).map((o) => o.key);
+    const all = await keys();
+    const dry = await runGc(db, settings, collectors, { dryRun: true, log: silentLogger });
+    assert.deepEqual(dry.object_keys.map((o) => o.key), [orphan]);
+    assert.deepEqual(await keys(), all);
+    const r = await runGc(db, settings, collectors, { dryRun: false, log: silentLogger });
+    assert.deepEqual(r.object_keys, [{ key: orphan, bytes: 14, reason: 'staging' }]);
+    assert.deepEqual(await keys(), all.filter((k) => k !== orphan));
+  } finally {
+    await dbs.close();
+    await rm(root, { recursive: true, force: true });
   }
 });

@@ -41,7 +41,9 @@ function download(target: ApiTarget, path: string, dest: string, onBytes: (n: nu
         res.on('end', () => {
           let b: { error?: string; code?: string } = {};
           try { b = JSON.parse(Buffer.concat(chunks).toString('utf8')) as typeof b; } catch { /* not JSON */ }
-          fail(new ApiError(status, b.code ?? `HTTP_${status}`, b.error ?? `HTTP ${status}`, b));
+          const err = new ApiError(status, b.code ?? `HTTP_${status}`, b.error ?? `HTTP ${status}`, b);
+          const wait = Number(res.headers['retry-after']);
+          fail(status === 429 ? Object.assign(err, { retryAfterSeconds: Number.isFinite(wait) && wait > 0 ? wait : 1 }) : err);
         });
         res.on('error', fail);
         return;
@@ -57,6 +59,19 @@ function download(target: ApiTarget, path: string, dest: string, onBytes: (n: nu
     req.setTimeout(120_000, () => req.destroy(new Error('no data within 120 s')));
     req.on('error', (e: NodeJS.ErrnoException) => fail(new CliError('UNREACHABLE', `cannot reach ${target.baseUrl}: ${e.code ?? e.message}`)));
   });
+}
+
+/** A Gateway rate-limits per user: a 429 waits its Retry-After (at most 60 s) and tries again, up to 20 times. */
+async function downloadRateLimited(once: () => Promise<number>): Promise<number> {
+  for (let i = 0; ; i++) {
+    try {
+      return await once();
+    } catch (e) {
+      const wait = (e as { retryAfterSeconds?: number }).retryAfterSeconds;
+      if (wait === undefined || i >= 20) throw e;
+      await new Promise((r) => setTimeout(r, Math.min(wait, 60) * 1000));
+    }
+  }
 }
 
 /** Files and folders in `dir` (none when it does not exist). */
@@ -99,7 +114,8 @@ export const datasetsExport: Command = {
       const dest = join(dir, f.name);
       const partial = `${dest}.partial`;
       try {
-        const n = await download(target, `${base}/files/${encodeURIComponent(f.name)}?version=${plan.version}`, partial, (k) => { got += k; progress(i); });
+        const path = `${base}/files/${encodeURIComponent(f.name)}?version=${plan.version}`;
+        const n = await downloadRateLimited(() => download(target, path, partial, (k) => { got += k; progress(i); }));
         const size = (await stat(partial)).size;
         if (n !== f.bytes || size !== f.bytes) {
           throw new CliError('EXPORT_SIZE_MISMATCH', `${f.name}: received ${size} bytes, the plan says ${f.bytes}`);
