@@ -78,10 +78,11 @@ test(`${backend}: export writes a clean Cryo folder; gc removes superseded and o
       await chain.mineTransfers(2);
       await chain.mineEmpty(4);
       const bound = (await chain.head()) + 1 - 2;
+      let last: any;
       await waitFor('the sync follows the head', async () => {
-        const s = await status();
-        return s.streams.every((x: any) => x.committed_through >= bound);
-      }, 60_000, 100);
+        last = await status();
+        return last.streams.every((x: any) => x.committed_through >= bound);
+      }, 180_000, 100).catch((e: Error) => { throw new Error(`${e.message} to ${bound}: ${JSON.stringify(last)}`); });
     }
     await waitFor('two compacted windows per stream', async () =>
       (await status()).streams.every((x: any) => x.compaction.windows >= 2 && x.compaction.in_flight === 0), 60_000, 200);
