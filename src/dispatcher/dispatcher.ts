@@ -12,6 +12,9 @@ import { taskRoutes } from './http/task-routes.js';
 import { userRoutes } from './http/user-routes.js';
 import { adminRoutes } from './http/admin-routes.js';
 import { datasetAdminRoutes } from './http/dataset-admin-routes.js';
+import { exportRoutes } from './http/export-routes.js';
+import { gcRoutes } from './http/gc-routes.js';
+import { runGc, scratchGcCollector, type GcCollector } from './gc.js';
 
 /** How long a readiness probe waits for each dependency. */
 const READY_TIMEOUT_MS = 1_000;
@@ -25,6 +28,8 @@ export interface DispatcherPlugin {
   routes?(app: FastifyInstance, ctx: DispatcherContext): void;
   /** Runs inside every Completed transition (see CompletionHook). */
   completionHook?: CompletionHook;
+  /** Its part of a garbage collection pass (gc.ts). */
+  gcCollector?: GcCollector;
   /** Each loop step returns true when it should run again at once. */
   loops?(ctx: DispatcherContext): Array<{ name: string; intervalMs: number; step(): Promise<boolean> }>;
 }
@@ -46,6 +51,8 @@ export class Dispatcher {
   constructor(deps: DispatcherDeps, extraRoutes: Array<(app: FastifyInstance, ctx: DispatcherContext) => void> = [], private readonly plugins: DispatcherPlugin[] = []) {
     this.ctx = new DispatcherContext(deps);
     for (const p of plugins) if (p.completionHook) this.ctx.completionHooks.push(p.completionHook);
+    this.ctx.gcCollectors.push(scratchGcCollector(() => deps.datasetStorage?.store));
+    for (const p of plugins) if (p.gcCollector) this.ctx.gcCollectors.push(p.gcCollector);
     this.app = createHttpServer({ log: deps.log, name: 'dispatcher' });
     // A request that failed on an unreachable dependency tells the monitor at once.
     this.app.addHook('onError', async (_req, _reply, err) => {
@@ -67,6 +74,8 @@ export class Dispatcher {
     userRoutes(this.app, this.ctx);
     adminRoutes(this.app, this.ctx);
     datasetAdminRoutes(this.app, this.ctx);
+    exportRoutes(this.app, this.ctx);
+    gcRoutes(this.app, this.ctx);
     for (const r of extraRoutes) r(this.app, this.ctx);
     for (const p of plugins) p.routes?.(this.app, this.ctx);
     const s = deps.settings;
@@ -123,6 +132,12 @@ export class Dispatcher {
     }, s.dependencyProbeMs, log);
     this.unkickRetry = this.ctx.onRetryKick(() => retry.kick());
     this.loops = [outbox, retry, reaper, cron, deps];
+    if (s.gcIntervalMs > 0) {
+      this.loops.push(new Loop('gc', async () => {
+        const r = await runGc(this.ctx.deps.state, s, this.ctx.gcCollectors, { dryRun: false, log });
+        return r.truncated;
+      }, s.gcIntervalMs, log));
+    }
     for (const p of this.plugins) {
       for (const l of p.loops?.(this.ctx) ?? []) this.loops.push(new Loop(`${p.name}:${l.name}`, l.step, l.intervalMs, log));
     }

@@ -19,6 +19,7 @@ import { DependencyMonitor, type Probe } from './dependencies.js';
 import { redriveWaiting } from './tasks/retry.js';
 import { inlineDagParser, type DagParser } from './dag-parser.js';
 import type { DatasetStorage } from './publication.js';
+import type { GcCollector } from './gc.js';
 
 /**
  * Runs a leased `lambda` or `dispatcher` runtime task (the Dispatcher invokes, never a queue).
@@ -78,6 +79,8 @@ export class DispatcherContext {
   readonly jobs: JobCache;
   /** Plugins' parts of the Completed transition, in plugin order. */
   readonly completionHooks: CompletionHook[] = [];
+  /** Plugins' parts of a garbage collection pass (gc.ts), in plugin order. */
+  readonly gcCollectors: GcCollector[] = [];
   readonly monitor: DependencyMonitor;
   /** Runs of the Dispatcher's own tasks (runtime dispatcher and lambda), by `task_id:attempt`. */
   readonly runs = new Map<string, Run>();

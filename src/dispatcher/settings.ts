@@ -35,6 +35,18 @@ export interface DispatcherSettings {
   batchSize: number;
   /** A manual trigger estimated to set off more tasks than this needs `confirm: true`. */
   triggerConfirmAbove: number;
+  /** Garbage collection (gc.ts): how often the Dispatcher runs a pass; 0 = never (only `POST /v1/gc`). */
+  gcIntervalMs: number;
+  /** Chain sync objects a compaction replaced (and views no longer current) go after this long. */
+  gcSupersededRetentionSeconds: number;
+  /** Staging objects no commit lists (failed or abandoned attempts) go after this long. */
+  gcStagingRetentionSeconds: number;
+  /** `Done` outbox rows go this long after they were processed. */
+  gcOutboxRetentionSeconds: number;
+  /** Attempts and events of finished tasks go this long after the task finished. */
+  gcTaskHistoryRetentionSeconds: number;
+  /** Rows and objects one pass removes at most. */
+  gcBatch: number;
 }
 
 export function defaultSettings(overrides: Partial<DispatcherSettings> = {}): DispatcherSettings {
@@ -54,6 +66,12 @@ export function defaultSettings(overrides: Partial<DispatcherSettings> = {}): Di
     sourceRestartSeconds: 30,
     batchSize: 500,
     triggerConfirmAbove: 1_000,
+    gcIntervalMs: 0,
+    gcSupersededRetentionSeconds: 86_400,
+    gcStagingRetentionSeconds: 7 * 86_400,
+    gcOutboxRetentionSeconds: 7 * 86_400,
+    gcTaskHistoryRetentionSeconds: 30 * 86_400,
+    gcBatch: 10_000,
     ...overrides,
   };
 }
@@ -79,5 +97,30 @@ export function dispatcherSettingsFromEnv(env: NodeJS.ProcessEnv): Partial<Dispa
   set('infraRetryMaxMs', 'TRACE_INFRA_RETRY_MAX_MS', 1, 86_400_000);
   set('requeueAfterSeconds', 'TRACE_REQUEUE_AFTER_SECONDS', 1, 86_400);
   set('triggerConfirmAbove', 'TRACE_TRIGGER_CONFIRM_ABOVE', 1, Number.MAX_SAFE_INTEGER);
+  const v = intFromEnv(env, 'TRACE_GC_INTERVAL_MS', d.gcIntervalMs, { min: 0, max: 86_400_000 });
+  if (v !== d.gcIntervalMs) out.gcIntervalMs = v;
+  set('gcBatch', 'TRACE_GC_BATCH', 1, 1_000_000);
+  const dur = <K extends keyof DispatcherSettings>(key: K, name: string) => {
+    const s = durationSecondsFromEnv(env, name, d[key]);
+    if (s !== d[key]) out[key] = s as DispatcherSettings[K];
+  };
+  dur('gcSupersededRetentionSeconds', 'TRACE_GC_SUPERSEDED_RETENTION');
+  dur('gcStagingRetentionSeconds', 'TRACE_GC_STAGING_RETENTION');
+  dur('gcOutboxRetentionSeconds', 'TRACE_GC_OUTBOX_RETENTION');
+  dur('gcTaskHistoryRetentionSeconds', 'TRACE_GC_TASK_HISTORY_RETENTION');
   return out;
+}
+
+const UNIT_SECONDS: Record<string, number> = { s: 1, m: 60, h: 3_600, d: 86_400 };
+
+/** A retention: seconds (`3600`) or a number with a unit `s`, `m`, `h`, `d` (`36h`, `7d`); 0 is allowed. */
+export function durationSecondsFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = env[name]?.trim();
+  if (raw === undefined || raw === '') return fallback;
+  const m = /^(\d+)([smhd]?)$/.exec(raw);
+  const n = m ? Number(m[1]) * UNIT_SECONDS[m[2] || 's']! : NaN;
+  if (!Number.isSafeInteger(n) || n > 3_650 * 86_400) {
+    throw new Error(`${name} must be a duration like 3600, 36h or 7d, at most 3650d (got "${raw.slice(0, 40)}")`);
+  }
+  return n;
 }

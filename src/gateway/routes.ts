@@ -34,6 +34,8 @@ export const ROUTES: readonly RouteRule[] = [
   // Dispatcher: dataset discovery
   user(['GET'], '/v1/datasets'),
   user(['GET'], '/v1/datasets/{name}'),
+  user(['GET'], '/v1/datasets/{name}/export'),
+  user(['GET'], '/v1/datasets/{name}/export/files/{file}'),
   // Dispatcher: DAG deployment
   user(['POST', 'GET'], '/v1/dags/{dag}/versions'),
   user(['PUT'], '/v1/dags/{dag}/active'),
@@ -51,6 +53,7 @@ export const ROUTES: readonly RouteRule[] = [
   admin(['GET'], '/v1/tasks/{id}'),
   admin(['POST'], '/v1/tasks/{id}/cancel'),
   admin(['POST'], '/v1/datasets/{name}/register'),
+  admin(['POST'], '/v1/gc'),
   // chain_sync admin surface (src/dispatcher/chain-sync/routes.ts): apply, status, pause/resume.
   admin(['POST', 'GET'], '/v1/chain-sync'),
   admin(['GET'], '/v1/chain-sync/{name}'),

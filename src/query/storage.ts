@@ -82,7 +82,7 @@ export function urlWithin(url: string, prefix: string): boolean {
   return url.startsWith(p) && noBadSegments(url.slice(p.length));
 }
 
-function filePrefixDir(prefix: string): string {
+export function filePrefixDir(prefix: string): string {
   let dir: string;
   try {
     dir = prefix.startsWith('file:') ? fileURLToPath(prefix) : prefix;

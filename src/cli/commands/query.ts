@@ -98,11 +98,11 @@ function storageText(ref: Record<string, unknown> | null): string {
 
 export const datasetsList: Command = {
   name: 'datasets',
-  summary: 'List the datasets you may read (published job outputs and registered external Parquet). See also: trace datasets register.',
-  usage: 'trace datasets [--json]   |   trace datasets register NAME --from URL [--glob G] [--json]',
+  summary: 'List the datasets you may read (published job outputs and registered external Parquet). See also: trace datasets register, trace datasets export.',
+  usage: 'trace datasets [--json]   |   trace datasets register NAME --from URL [--glob G] [--json]   |   trace datasets export NAME --to DIR [--force] [--json]',
   options: { json: { type: 'boolean' } },
   async run({ values, positionals }) {
-    if (positionals.length > 0) throw new UsageError(`unknown subcommand "${positionals[0]}" (expected: register)`);
+    if (positionals.length > 0) throw new UsageError(`unknown subcommand "${positionals[0]}" (expected: register or export)`);
     const r = await api<{ datasets: DatasetView[] }>(await resolveTarget(), 'GET', '/v1/datasets');
     if (values.json) return void json(r);
     process.stdout.write(`${renderTable(

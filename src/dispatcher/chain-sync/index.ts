@@ -11,6 +11,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { Queryable } from '../../db/db.js';
 import type { DispatcherPlugin } from '../dispatcher.js';
+import type { GcCollector } from '../gc.js';
 import type { DispatcherContext } from '../service.js';
 import { openObjectStore } from '../../objectstore/open.js';
 import { readEnv } from '../../core/config.js';
@@ -19,6 +20,7 @@ import { chainSyncRoutes } from './routes.js';
 import { markCompleted, planAll, planStream } from './planner.js';
 import { chainSyncCompletionHook, commitCompletedRanges, type ChainSyncJobLike, type ChainSyncTaskLike, type PublicationLike } from './commit.js';
 import { observeHeads } from './head.js';
+import { chainSyncGcCollector } from './gc.js';
 import { checkBeforePlanning, checkJobChain } from './identity.js';
 
 export { applyChainSync, pauseChainSync, resumeChainSync, type ApplyResult } from './apply.js';
@@ -47,6 +49,7 @@ export interface ChainSyncPluginOptions {
 export type CompletionHook = (q: Queryable, task: ChainSyncTaskLike, job: ChainSyncJobLike, c: { status: string; datasets_published: readonly PublicationLike[] }) => Promise<boolean>;
 
 export interface ChainSyncPlugin extends DispatcherPlugin {
+  gcCollector: GcCollector;
   /** Verify + commit inside the completion transaction (for `completeTask`, see README.md). */
   completionHook: CompletionHook;
   /** The object store the plugin verifies and publishes in. */
@@ -158,6 +161,7 @@ export function chainSyncPlugin(opts: ChainSyncPluginOptions = {}): ChainSyncPlu
     name: 'chain_sync',
     completionHook: (q, task, job, c) => chainSyncCompletionHook(getStore())(q, task, job, c),
     store: getStore,
+    gcCollector: chainSyncGcCollector(getStore),
     async tick() {
       await passAllSerialized();
     },
