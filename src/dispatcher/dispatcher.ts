@@ -9,6 +9,7 @@ import { reapExpiredLeases, requeueStaleTasks } from './tasks/reap.js';
 import { ensureAlwaysOnSources, fireDueSchedules } from './sources.js';
 import { workerRoutes } from './http/worker-routes.js';
 import { taskRoutes } from './http/task-routes.js';
+import { batchRoutes } from './http/batch-routes.js';
 import { userRoutes } from './http/user-routes.js';
 import { adminRoutes } from './http/admin-routes.js';
 import { datasetAdminRoutes } from './http/dataset-admin-routes.js';
@@ -71,6 +72,7 @@ export class Dispatcher {
     });
     workerRoutes(this.app, this.ctx);
     taskRoutes(this.app, this.ctx);
+    batchRoutes(this.app, this.ctx);
     userRoutes(this.app, this.ctx);
     adminRoutes(this.app, this.ctx);
     datasetAdminRoutes(this.app, this.ctx);

@@ -5,8 +5,8 @@
  * idempotent on the Dispatcher, so when the Dispatcher or its state database is unreachable the
  * runner keeps trying with backoff for as long as its lease lasts: finished work is not thrown
  * away because of an outage shorter than the lease. `callWhileLeased` is that loop; the queue
- * worker, the Dispatcher's in-process executor and the UDF executor all use it (and a batched
- * contract can call it with the earliest deadline of its leases).
+ * worker, the Dispatcher's in-process executor and the UDF executor all use it (with the batched
+ * client, each task's call still retries against its own lease; the batching happens beneath).
  *
  * Times are local: the lease's remaining time is taken from `lease_expires_at` when the claim or a
  * heartbeat answer arrives (clocks are assumed in sync, as for token expiry).

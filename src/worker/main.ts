@@ -10,7 +10,9 @@
  *
  * Environment: TRACE_DISPATCHER_URL (default http://127.0.0.1:8081), TRACE_WORKER_TOKEN
  * (required), TRACE_QUEUE_DATABASE_URL (required, postgres://). Flags: --concurrency N
- * (default 4), --worker-id ID (default `${hostname}:${pid}`), --include-test-operators.
+ * (default 4), --worker-id ID (default `${hostname}:${pid}`), --batch-max N (default 100: most
+ * tasks per claim, complete or heartbeat request; 1 uses the per-task routes only),
+ * --include-test-operators.
  */
 import { hostname } from 'node:os';
 import { TraceError } from '../core/errors.js';
@@ -23,10 +25,13 @@ import { TASK_QUEUE } from '../queue/queue.js';
 import { operatorRegistry } from '../operators/registry.js';
 import { TaskClient } from './task-client.js';
 import { startWorker } from './worker.js';
+import { BATCH_MAX, BatchingTaskClient } from './batching.js';
 
 export interface WorkerArgs {
   concurrency: number;
   workerId?: string;
+  /** Most tasks per batch request (default BATCH_MAX); 1 = the per-task routes only. */
+  batchMax?: number;
   includeTestOperators: boolean;
 }
 
@@ -51,6 +56,13 @@ export function parseWorkerArgs(argv: readonly string[]): WorkerArgs {
         out.concurrency = n;
         break;
       }
+      case '--batch-max': {
+        const v = value();
+        const n = Number(v);
+        if (!/^\d+$/.test(v) || n < 1 || n > BATCH_MAX) throw usage(`--batch-max must be an integer from 1 to ${BATCH_MAX}`);
+        out.batchMax = n;
+        break;
+      }
       case '--worker-id':
         out.workerId = value();
         break;
@@ -58,7 +70,7 @@ export function parseWorkerArgs(argv: readonly string[]): WorkerArgs {
         out.includeTestOperators = true;
         break;
       default:
-        throw usage(`unknown argument "${a.slice(0, 60)}" (trace worker [--concurrency N] [--worker-id ID])`);
+        throw usage(`unknown argument "${a.slice(0, 60)}" (trace worker [--concurrency N] [--worker-id ID] [--batch-max N])`);
     }
   }
   return out;
@@ -92,7 +104,10 @@ export async function runWorkerProcess(
   const db = await openDb(queueUrl, { max: Math.min(10, args.concurrency + 2), applicationName: 'trace-worker', synchronousCommit: 'off', role: 'queue' });
   try {
     const queue = openQueue({ kind: 'pgqueue', db });
-    const client = new TaskClient({ baseUrl: dispatcherUrl, workerToken: cfg.workerToken });
+    const http = new TaskClient({ baseUrl: dispatcherUrl, workerToken: cfg.workerToken });
+    // Batch requests by default; `--batch-max 1` keeps to the per-task routes.
+    const batchMax = args.batchMax ?? BATCH_MAX;
+    const client = batchMax > 1 ? new BatchingTaskClient(http, { batchMax, log }) : http;
     // Platform operators that write Postgres data (alert_route) run only on workers given it.
     const dataDb = cfg.dataDatabaseUrl ? await openDb(cfg.dataDatabaseUrl, { max: 4, applicationName: 'trace-worker', role: 'data' }) : undefined;
     if (dataDb) closers.push(() => dataDb.close());
@@ -110,7 +125,7 @@ export async function runWorkerProcess(
       queueName: TASK_QUEUE,
       stopGraceMs: opts.stopGraceMs ?? shutdownGraceMsFromEnv(env),
     });
-    log.info({ dispatcher: dispatcherUrl, worker_id: workerId, operators: [...registry.keys()] }, 'trace worker running');
+    log.info({ dispatcher: dispatcherUrl, worker_id: workerId, batch_max: batchMax, operators: [...registry.keys()] }, 'trace worker running');
 
     await new Promise<void>((resolve) => {
       const done = () => {

@@ -4,7 +4,9 @@
  * Two credentials, never mixed on one request:
  * - the worker token (`X-Trace-Worker-Token`) goes only to `/internal/*` (claim, fetch, JWKS);
  * - the per-attempt capability token (`X-Trace-Task-Capability`) goes only to `/v1/task/*`,
- *   whose bodies always carry the fencing triple `{task_id, attempt, lease_token}`.
+ *   whose bodies always carry the fencing triple `{task_id, attempt, lease_token}`. The batch
+ *   routes (`/v1/task/complete-batch`, `/v1/task/heartbeat-batch`) carry no credential header:
+ *   each item holds its own capability token next to its fencing triple.
  *
  * Transient failures (connection errors, timeouts, 5xx) are retried a few times with a short
  * jittered backoff; 4xx answers are final and surface as a `TaskApiError` carrying the
@@ -69,7 +71,22 @@ export interface TaskApi {
 /** What the queue-woken worker needs: the task API plus the worker-only claim. */
 export interface WorkerTaskApi extends TaskApi {
   claim(taskId: string, workerId: string): Promise<ClaimResponse>;
+  /**
+   * Claims many tasks at once (ids distinct); one answer per id, in order, each settling on its
+   * own. Absent: the worker claims task by task.
+   */
+  claimMany?(taskIds: readonly string[], workerId: string): Array<Promise<ClaimResponse>>;
 }
+
+/** One item of a batch answer: the HTTP status and body the per-task route would have given. */
+export interface BatchItemAnswer {
+  task_id: string;
+  status: number;
+  body: Record<string, unknown>;
+}
+
+/** One answer of `/internal/task-claim-batch`. */
+export type ClaimBatchResult = { task_id: string } & ClaimResponse;
 
 export interface TaskClientOptions {
   /** Dispatcher base URL, e.g. `http://127.0.0.1:8081`. */
@@ -149,8 +166,21 @@ const eventsSchema = z.looseObject({ ok: z.literal(true), accepted: z.number(), 
 const completeSchema = z.looseObject({ ok: z.literal(true), status: z.string() });
 const publishSchema = z.looseObject({ ok: z.literal(true), publish_id: z.string() });
 const releaseSchema = z.looseObject({ ok: z.literal(true), status: z.string() });
+const batchAnswersSchema = z.looseObject({
+  results: z.array(z.looseObject({ task_id: z.string(), status: z.number().int(), body: z.record(z.string(), z.unknown()) })),
+});
+const claimBatchSchema = z.looseObject({ results: z.array(z.looseObject({ task_id: z.string() })) });
 
-type Auth = { kind: 'worker' } | { kind: 'task'; capabilityToken: string };
+/** Parses the answer of one batch item into the per-task route's answer, or the error it stands for. */
+export function batchItemResult<T>(route: string, schema: z.ZodType<T>, a: BatchItemAnswer): T {
+  if (a.status < 200 || a.status >= 300) throw taskApiErrorFrom(a.status, a.body, route);
+  const r = schema.safeParse(a.body);
+  if (!r.success) throw new TaskApiError(502, 'BAD_DISPATCHER_RESPONSE', `unexpected item shape from ${route}`, route);
+  return r.data;
+}
+export { completeSchema as completeAnswerSchema, heartbeatSchema as heartbeatAnswerSchema };
+
+type Auth = { kind: 'worker' } | { kind: 'task'; capabilityToken: string } | { kind: 'items' };
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -173,6 +203,37 @@ export class TaskClient implements WorkerTaskApi {
   async claim(taskId: string, workerId: string): Promise<ClaimResponse> {
     const body = await this.#call('POST', '/internal/task-claim', { kind: 'worker' }, { task_id: taskId, worker_id: workerId });
     return this.#parse('/internal/task-claim', claimSchema, body) as ClaimResponse;
+  }
+
+  /**
+   * `POST /internal/task-claim-batch`: the claim of many tasks (distinct ids, at most 100) in one
+   * request; one answer per id, in order, each as the per-task claim answers.
+   */
+  async claimBatch(taskIds: readonly string[], workerId: string): Promise<ClaimBatchResult[]> {
+    const route = '/internal/task-claim-batch';
+    const body = this.#parse(route, claimBatchSchema, await this.#call('POST', route, { kind: 'worker' }, { task_ids: taskIds, worker_id: workerId }));
+    if (body.results.length !== taskIds.length || body.results.some((r, i) => r.task_id !== taskIds[i])) {
+      throw new TaskApiError(502, 'BAD_DISPATCHER_RESPONSE', `answers from ${route} do not match the task ids asked for`, route);
+    }
+    return body.results.map((r) => ({ task_id: r.task_id, ...this.#parse(route, claimSchema, r) as ClaimResponse }));
+  }
+
+  /** `POST /v1/task/complete-batch`: one answer per item, in order (see `batchItemResult`). */
+  async completeBatch(items: ReadonlyArray<{ ref: TaskRef; body: CompleteBody }>): Promise<BatchItemAnswer[]> {
+    return this.#batch('/v1/task/complete-batch', items.map(({ ref, body }) => ({ ...body, ...fenced(ref) })));
+  }
+
+  /** `POST /v1/task/heartbeat-batch`: one answer per lease, in order. */
+  async heartbeatBatch(refs: readonly TaskRef[]): Promise<BatchItemAnswer[]> {
+    return this.#batch('/v1/task/heartbeat-batch', refs.map(fenced));
+  }
+
+  async #batch(route: string, items: Array<{ task_id: string }>): Promise<BatchItemAnswer[]> {
+    const body = this.#parse(route, batchAnswersSchema, await this.#call('POST', route, { kind: 'items' }, { items }));
+    if (body.results.length !== items.length || body.results.some((r, i) => r.task_id !== items[i]!.task_id)) {
+      throw new TaskApiError(502, 'BAD_DISPATCHER_RESPONSE', `answers from ${route} do not match the items sent`, route);
+    }
+    return body.results;
   }
 
   /** `GET /internal/task-fetch`: read the task and its fresh operator state (no lease change). */
@@ -228,7 +289,7 @@ export class TaskClient implements WorkerTaskApi {
     if (auth.kind === 'worker') {
       if (this.#workerToken === undefined) throw new TaskApiError(401, 'WORKER_TOKEN_MISSING', `no worker token configured for ${path}`, path);
       headers['x-trace-worker-token'] = this.#workerToken;
-    } else {
+    } else if (auth.kind === 'task') {
       headers['x-trace-task-capability'] = auth.capabilityToken;
     }
     const payload = body === undefined ? undefined : JSON.stringify(body);
@@ -258,7 +319,7 @@ export class TaskClient implements WorkerTaskApi {
         if (json === undefined) throw new TaskApiError(502, 'BAD_DISPATCHER_RESPONSE', `non-JSON response from ${path}`, path);
         return json;
       }
-      const err = errorFrom(res.status, json, path);
+      const err = taskApiErrorFrom(res.status, json, path);
       if (res.status >= 500) {
         lastError = err;
         continue;
@@ -278,7 +339,13 @@ function parseJson(text: string): unknown {
   }
 }
 
-function errorFrom(status: number, json: unknown, path: string): TaskApiError {
+/** A batch item's fencing triple and capability token (the triple last, so no body can override it). */
+function fenced(ref: TaskRef): { task_id: string; attempt: number; lease_token: string; capability_token: string } {
+  return { task_id: ref.task_id, attempt: ref.attempt, lease_token: ref.lease_token, capability_token: ref.capability_token };
+}
+
+/** The error a non-2xx answer (or batch item) in the stable error shape stands for. */
+export function taskApiErrorFrom(status: number, json: unknown, path: string): TaskApiError {
   const o = (typeof json === 'object' && json !== null ? json : {}) as { error?: unknown; code?: unknown };
   const code = typeof o.code === 'string' && o.code !== '' ? o.code : `HTTP_${status}`;
   const reason = typeof o.error === 'string' && o.error !== '' ? o.error.slice(0, 300) : 'no error message';

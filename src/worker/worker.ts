@@ -5,9 +5,10 @@
  * no state-database credentials. It needs only a Queue (wake-ups), the Dispatcher URL and the
  * worker token. test/worker/import-boundary.test.ts enforces this rule.
  *
- * The queue-woken worker loop: long-poll the task queue for `{task_id}` wake-ups, claim each
- * task from the Dispatcher, run the claimed attempt (keeping the message invisible meanwhile),
- * then ack. Workers are dumb: retries, scheduling and recovery belong to the Dispatcher, and the
+ * The queue-woken worker loop: long-poll the task queue for `{task_id}` wake-ups (as many as
+ * there are free slots), claim the tasks from the Dispatcher (all of one receive in one batch
+ * request when the client has `claimMany`, else one by one), run each claimed attempt (keeping
+ * its message invisible meanwhile), then ack. Workers are dumb: retries, scheduling and recovery belong to the Dispatcher, and the
  * queue is only a wake-up (a lost or duplicated message is harmless; the lease decides).
  */
 import { z } from 'zod';
@@ -17,6 +18,7 @@ import type { Queue, ReceivedMessage } from '../queue/queue.js';
 import type { Operator } from '../operators/types.js';
 import { runClaimedTask, type RunOutcome } from './run-task.js';
 import { apiErrorOf, type WorkerTaskApi } from './task-client.js';
+import type { ClaimResponse } from './payload.js';
 import { isTransientTaskError } from './lease.js';
 
 export interface WorkerOptions {
@@ -110,7 +112,28 @@ export function startWorker(opts: WorkerOptions): WorkerHandle {
     await ackFlush;
   }
 
-  async function handle(m: ReceivedMessage<unknown>): Promise<void> {
+  /**
+   * Claims the tasks of a whole receive in batch requests (`claimMany`), at once: each wake-up
+   * gets the answer for its task. A task woken twice in one receive is claimed once; its other
+   * wake-ups are answered AlreadyRunning (and dropped, as the per-task claim would).
+   */
+  function claimAll(msgs: Array<ReceivedMessage<unknown>>): Map<string, Promise<ClaimResponse>> {
+    const out = new Map<string, Promise<ClaimResponse>>();
+    if (!client.claimMany) return out;
+    const first = new Map<string, string>();
+    for (const m of msgs) {
+      const parsed = wakeUpSchema.safeParse(m.body);
+      if (!parsed.success) continue;
+      if (first.has(parsed.data.task_id)) out.set(m.id, Promise.resolve({ status: 'NotClaimed', reason: 'AlreadyRunning' }));
+      else first.set(parsed.data.task_id, m.id);
+    }
+    if (first.size === 0) return out;
+    const answers = client.claimMany([...first.keys()], workerId);
+    [...first.values()].forEach((id, i) => out.set(id, answers[i]!));
+    return out;
+  }
+
+  async function handle(m: ReceivedMessage<unknown>, claimed?: Promise<ClaimResponse>): Promise<void> {
     const parsed = wakeUpSchema.safeParse(m.body);
     if (!parsed.success) {
       log.warn({ message_id: m.id }, 'dropping a malformed task wake-up (expected {task_id: uuid})');
@@ -122,7 +145,7 @@ export function startWorker(opts: WorkerOptions): WorkerHandle {
 
     let claim;
     try {
-      claim = await client.claim(taskId, workerId);
+      claim = await (claimed ?? client.claim(taskId, workerId));
     } catch (e) {
       const err = apiErrorOf(e);
       // A malformed or unknown task id will never be claimable: drop the wake-up.
@@ -199,13 +222,14 @@ export function startWorker(opts: WorkerOptions): WorkerHandle {
         await sleep(Math.min(5_000, 100 * 2 ** Math.min(failures, 6)), receiveAbort.signal);
         continue;
       }
+      const claims = stopping ? new Map<string, Promise<ClaimResponse>>() : claimAll(msgs);
       for (const m of msgs) {
-        if (stopping) {
+        if (stopping && !claims.has(m.id)) {
           // Received during shutdown: hand it straight back instead of claiming.
           await queue.changeVisibility(queueName, m.receipt, 0).catch(() => undefined);
           continue;
         }
-        const p: Promise<void> = handle(m)
+        const p: Promise<void> = handle(m, claims.get(m.id))
           .catch((e: unknown) => log.error({ err: e instanceof Error ? e.message : String(e) }, 'wake-up handler failed'))
           .finally(() => {
             inflight.delete(p);

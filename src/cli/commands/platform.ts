@@ -140,12 +140,13 @@ export const dispatcherCmd: Command = {
 export const workerCmd: Command = {
   name: 'worker',
   summary: 'Run a worker: receives task wake-ups, claims from the Dispatcher, runs platform operators. Needs only the queue, TRACE_DISPATCHER_URL and TRACE_WORKER_TOKEN. SIGTERM stops claiming, lets running tasks finish within TRACE_SHUTDOWN_GRACE_SECONDS and releases the rest.',
-  usage: 'trace worker [--concurrency N] [--worker-id ID]',
-  options: { concurrency: { type: 'string' }, 'worker-id': { type: 'string' }, 'include-test-operators': { type: 'boolean' } },
+  usage: 'trace worker [--concurrency N] [--worker-id ID] [--batch-max N]   (--batch-max: most tasks per claim, complete or heartbeat request to the Dispatcher, 1 to 100, default 100; batches form only under load; 1 uses the per-task routes)',
+  options: { concurrency: { type: 'string' }, 'worker-id': { type: 'string' }, 'batch-max': { type: 'string' }, 'include-test-operators': { type: 'boolean' } },
   async run({ values }) {
     const argv: string[] = [];
     if (values.concurrency !== undefined) argv.push('--concurrency', String(values.concurrency));
     if (values['worker-id'] !== undefined) argv.push('--worker-id', String(values['worker-id']));
+    if (values['batch-max'] !== undefined) argv.push('--batch-max', String(values['batch-max']));
     if (values['include-test-operators']) argv.push('--include-test-operators');
     const { runWorkerProcess } = await import('../../worker/main.js');
     await runWorkerProcess(process.env, argv);

@@ -88,3 +88,37 @@ export const jobNameParam = dagNameParam;
 /** The allowed form of a dataset name, as every dataset-name error states it. */
 export const DATASET_NAME_RULE = 'must match ^[a-z][a-z0-9_]{0,127}$ (a lower-case letter, then up to 127 lower-case letters, digits or underscores)';
 export const datasetNameParam = z.string().regex(/^[a-z][a-z0-9_]{0,127}$/, `must be a dataset name: ${DATASET_NAME_RULE}`);
+
+/** Most items one batch request carries (claim, complete, heartbeat). */
+export const BATCH_MAX = 100;
+
+/** A list of 1 to BATCH_MAX entries, no task id twice (each repeat is named by its path). */
+function batchList<T extends z.ZodType>(item: T, idOf: (x: z.output<T>) => string, what: string) {
+  return z.array(item)
+    .min(1, `must list at least one ${what}`)
+    .max(BATCH_MAX, `at most ${BATCH_MAX} ${what}s per request`)
+    .superRefine((list, ctx) => {
+      const first = new Map<string, number>();
+      list.forEach((x, i) => {
+        const id = idOf(x);
+        const j = first.get(id);
+        if (j === undefined) first.set(id, i);
+        else ctx.addIssue({ code: 'custom', path: [i], message: `duplicate task id (also at index ${j}); one batch names each task once` });
+      });
+    });
+}
+
+export const claimBatchBody = z.strictObject({
+  task_ids: batchList(uuid, (id) => id, 'task id'),
+  worker_id: claimBody.shape.worker_id,
+});
+
+/** The envelope of a task-scoped batch: each item is checked on its own (see the item schemas). */
+const batchItems = batchList(z.looseObject({ task_id: uuid }), (x) => x.task_id, 'item');
+export const completeBatchBody = z.strictObject({ items: batchItems });
+export const heartbeatBatchBody = z.strictObject({ items: batchItems });
+
+/** Each item carries its attempt's own capability token (what the per-task route takes as a header). */
+const capabilityToken = z.string().min(1).max(16_384);
+export const completeBatchItem = z.strictObject({ ...completeBody.shape, capability_token: capabilityToken });
+export const heartbeatBatchItem = z.strictObject({ ...fence, capability_token: capabilityToken });

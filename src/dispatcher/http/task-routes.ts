@@ -1,16 +1,34 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { z } from 'zod';
 import { bindTaskRequest } from '../../auth/capability.js';
 import type { CapabilityClaims } from '../../auth/capability-claims.js';
 import { TraceError, notFound } from '../../core/errors.js';
 import { header, parseInput } from '../../core/http.js';
 import type { DispatcherContext } from '../service.js';
 import { heartbeatTask } from '../tasks/heartbeat.js';
-import { completePlain, completeTask } from '../tasks/complete.js';
+import { completePlain, completeTask, type Completion, type PublishedRefCheck } from '../tasks/complete.js';
 import { lockFenced } from '../tasks/fence.js';
 import { recordEvents } from '../tasks/events.js';
 import { publishBuffer } from '../tasks/buffer-publish.js';
 import { checkPublishedRef } from '../publication.js';
 import { bufferPublishBody, completeBody, eventsBody, heartbeatBody, leaseCheckBody } from './schemas.js';
+
+/** The completion a `/v1/task/complete` body (or a complete-batch item) asks for. */
+export function completionOf(body: z.output<typeof completeBody>): Completion {
+  return {
+    status: body.status,
+    events: body.events,
+    outputs: body.outputs,
+    datasets_published: body.datasets_published,
+    error_message: body.error_message,
+    operator_state: body.operator_state,
+  };
+}
+
+/** How completions check that the platform can read a published storage ref. */
+export function publishedRefCheck(ctx: DispatcherContext): PublishedRefCheck {
+  return (field, ref, t) => checkPublishedRef(field, ref, t, ctx.deps.datasetStorage?.store);
+}
 
 /**
  * Task-scoped routes: `X-Trace-Task-Capability` plus `{task_id, attempt, lease_token}`, bound
@@ -66,20 +84,12 @@ export function taskRoutes(app: FastifyInstance, ctx: DispatcherContext): void {
     return { ok: true, accepted: r.accepted, routed: r.routed };
   });
 
-  const checkRef = (field: string, ref: Record<string, unknown>, t: { task_id: string; attempt: number }) =>
-    checkPublishedRef(field, ref, t, deps.datasetStorage?.store);
+  const checkRef = publishedRefCheck(ctx);
   app.post('/v1/task/complete', async (req) => {
     const claims = await authorize(req);
     const body = parseInput(completeBody, req.body);
     bindTaskRequest(claims, body);
-    const completion = {
-      status: body.status,
-      events: body.events,
-      outputs: body.outputs,
-      datasets_published: body.datasets_published,
-      error_message: body.error_message,
-      operator_state: body.operator_state,
-    };
+    const completion = completionOf(body);
     const r = (await completePlain(deps.state, body, completion))
       ?? await deps.state.tx((q) => completeTask(q, body, completion, (id) => ctx.jobs.require(id), ctx.retryDelayMs, ctx.completionHooks, checkRef));
     if (r.woke) ctx.kickOutbox();

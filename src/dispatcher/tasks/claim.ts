@@ -53,6 +53,22 @@ WITH c AS (
   RETURNING t.*
 )${CLAIM_TAIL}`;
 
+// Batch fast path, one statement: `Queued -> Running` for every listed task of a job without a
+// concurrency cap. Rows are locked in task-id order so concurrent batch claimers never deadlock;
+// a row another claimer took first no longer matches `status = 'Queued'` and is left out.
+const CLAIM_BATCH_UNCAPPED = `
+WITH pick AS (
+  SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
+  WHERE t.id = ANY ($1::uuid[]) AND t.status = 'Queued' AND j.scaling->'max_concurrency' IS NULL
+  ORDER BY t.id
+  FOR UPDATE OF t
+), c AS (
+  UPDATE tasks t SET ${LEASE_COLUMNS}
+  FROM pick
+  WHERE t.id = pick.id AND t.status = 'Queued'
+  RETURNING t.*
+)${CLAIM_TAIL}`;
+
 const TASK_STATUS = `
 SELECT t.status, t.job_id, (j.scaling->>'max_concurrency')::int AS max_concurrency
 FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.id = $1`;
@@ -88,6 +104,28 @@ export async function claimTask(
     const st = again.rows[0]?.status ?? 'NotFound';
     return { reason: st === 'Queued' ? ('Throttled' as const) : reasonFor(st) };
   });
+}
+
+/**
+ * The claim transition for many tasks at once (`/internal/task-claim-batch`): the tasks of
+ * uncapped jobs are leased by one statement; the others (a capped job, or a task that is not
+ * claimable) go through `claimTask`, which takes the capped path or names the reason. Answers
+ * in the order of `taskIds` (which must not repeat).
+ */
+export async function claimTasks(
+  db: Db,
+  taskIds: readonly string[],
+  workerId: string,
+  leaseCeilingSeconds: number,
+): Promise<Array<{ claimed: ClaimedRow } | { reason: NotClaimedReason }>> {
+  const fast = await db.query<ClaimedRow>(CLAIM_BATCH_UNCAPPED, [taskIds, workerId, leaseCeilingSeconds]);
+  const byId = new Map(fast.rows.map((r) => [r.id, r]));
+  const out: Array<{ claimed: ClaimedRow } | { reason: NotClaimedReason }> = [];
+  for (const id of taskIds) {
+    const row = byId.get(id);
+    out.push(row ? { claimed: row } : await claimTask(db, id, workerId, leaseCeilingSeconds));
+  }
+  return out;
 }
 
 function reasonFor(status: string): NotClaimedReason {

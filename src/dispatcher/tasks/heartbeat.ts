@@ -1,5 +1,5 @@
 import { TraceError, notFound } from '../../core/errors.js';
-import type { Db } from '../../db/db.js';
+import type { Queryable } from '../../db/db.js';
 import type { TaskRef } from './types.js';
 import { JOB_LEASE_SECONDS } from './claim.js';
 
@@ -20,7 +20,7 @@ WITH h AS (
 )
 SELECT lease_expires_at FROM h`;
 
-export async function heartbeatTask(db: Db, ref: TaskRef, leaseCeilingSeconds: number): Promise<{ lease_expires_at: Date }> {
+export async function heartbeatTask(db: Queryable, ref: TaskRef, leaseCeilingSeconds: number): Promise<{ lease_expires_at: Date }> {
   const r = await db.query<{ lease_expires_at: Date }>(HEARTBEAT, [ref.task_id, ref.attempt, ref.lease_token, leaseCeilingSeconds]);
   if (r.rows[0]) return r.rows[0];
   const s = await db.query<{ status: string; attempt: number; lease_token: string | null }>(
