@@ -34,7 +34,9 @@ export const ROUTES: readonly RouteRule[] = [
   // Dispatcher: dataset discovery
   user(['GET'], '/v1/datasets'),
   user(['GET'], '/v1/datasets/{name}'),
-  // Dispatcher: DAG deployment
+  user(['GET'], '/v1/datasets/{name}/versions'),
+  // Dispatcher: DAG deployment (GET /v1/dags lists every DAG with its versions and the active one)
+  user(['GET'], '/v1/dags'),
   user(['POST', 'GET'], '/v1/dags/{dag}/versions'),
   user(['PUT'], '/v1/dags/{dag}/active'),
   // Dispatcher: UDF bundle upload sessions
