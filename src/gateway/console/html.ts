@@ -77,7 +77,8 @@ export const SECURITY_HEADERS: Record<string, string> = {
   'content-security-policy': CONTENT_SECURITY_POLICY,
   'x-content-type-options': 'nosniff',
   'x-frame-options': 'DENY',
-  'referrer-policy': 'no-referrer',
+  // not no-referrer: with it browsers send `Origin: null` on form posts, and the same-origin check needs the origin
+  'referrer-policy': 'same-origin',
   'cache-control': 'no-store',
 };
 

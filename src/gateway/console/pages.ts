@@ -93,7 +93,7 @@ export async function tasksPage(c: PageContext): Promise<Rendered> {
     const { tasks } = await c.api.get('/v1/tasks', schemas.tasks, { status: filter, limit: '200' });
     return html`<table><thead><tr><th>Task</th><th>DAG.job</th><th>Status</th><th>Attempt</th><th>Worker</th><th>Lease expires</th><th>Created</th><th>Error</th></tr></thead><tbody>
 ${tasks.map((t) => html`<tr><td class="mono"><a href="${href(['tasks', t.task_id])}">${short(t.task_id)}</a></td><td>${t.dag_name}.${t.job_name}</td><td>${pill(t.status)}</td>
-<td>${t.attempt}/${t.max_attempts}</td><td class="mono">${t.worker_id ?? ''}</td><td>${when(t.lease_expires_at)}</td><td>${when(t.created_at)}</td><td class="err">${t.error_message ?? ''}</td></tr>`)}
+<td>${t.attempt}/${t.max_attempts}</td><td class="mono">${t.worker_id ?? ''}</td><td>${t.status === 'Running' ? when(t.lease_expires_at) : ''}</td><td>${when(t.created_at)}</td><td class="err">${t.error_message ?? ''}</td></tr>`)}
 </tbody></table><p class="muted">${num(tasks.length)} task(s), newest first (at most 200).</p>`;
   });
   return {
@@ -113,7 +113,7 @@ export async function taskPage(c: PageContext, id: string): Promise<Rendered> {
 <tr><th>DAG.job</th><td>${t.dag_name}.${t.job_name}</td></tr>
 <tr><th>Status</th><td>${pill(t.status)}${t.waiting_on ? html` waiting on ${t.waiting_on}` : ''}</td></tr>
 <tr><th>Attempt</th><td>${t.attempt} of ${t.max_attempts}</td></tr>
-<tr><th>Lease</th><td>${t.worker_id ? html`<span class="mono">${t.worker_id}</span> until ${when(t.lease_expires_at)}` : html`<span class="muted">none</span>`}</td></tr>
+<tr><th>Lease</th><td>${t.status === 'Running' && t.worker_id ? html`<span class="mono">${t.worker_id}</span> until ${when(t.lease_expires_at)}` : html`<span class="muted">none</span>`}</td></tr>
 <tr><th>Next retry</th><td>${when(t.next_retry_at)}</td></tr>
 <tr><th>Created / started / completed</th><td>${when(t.created_at)} / ${when(t.started_at)} / ${when(t.completed_at)}</td></tr>
 <tr><th>Error</th><td class="err">${t.error_message ?? ''}</td></tr>
