@@ -46,7 +46,7 @@ export async function overview(c: PageContext): Promise<Rendered> {
     c.api.get('/v1/dags', schemas.dags), c.api.get('/v1/datasets', schemas.datasets), c.api.get('/v1/alerts', schemas.alerts),
   ]);
   const tasks = await guarded(async () => {
-    const t = await c.api.get('/v1/tasks', schemas.tasks, { limit: '1000' });
+    const t = await c.api.get('/v1/tasks', schemas.tasks, { limit: '200' });
     const by = new Map<string, number>();
     for (const x of t.tasks) by.set(x.status, (by.get(x.status) ?? 0) + 1);
     return html`<div class="cards">${TASK_STATUSES.map((s) => html`<div class="card"><b>${num(by.get(s) ?? 0)}</b><a href="${href(['tasks'], { status: s })}">${s}</a></div>`)}</div>
