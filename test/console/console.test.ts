@@ -43,6 +43,23 @@ publish:
     from: { job: src, output: 0 }
 `;
 
+const CHAIN_SYNC = `kind: chain_sync
+name: console_sync
+chain_id: 31337
+mode:
+  kind: follow_head
+  from_block: 0
+  tail_lag: 1
+  head_poll_interval_seconds: 1
+  max_head_age_seconds: 3600
+streams:
+  blocks:
+    cryo_dataset_name: blocks
+    rpc_pool: local
+    chunk_size: 100
+    max_inflight: 4
+`;
+
 describe('web console in headless Chromium', { skip: chromiumPath() ? false : 'chromium is not installed' }, () => {
   let p: TestPlatform;
   let browser: Browser;
@@ -67,7 +84,8 @@ describe('web console in headless Chromium', { skip: chromiumPath() ? false : 'c
   const csrfIn = (pageHtml: string) => /name="csrf" value="([^"]+)"/.exec(pageHtml)?.[1];
 
   before(async () => {
-    p = await startPlatform('postgres', { workers: 0, settings: { leaseSeconds: 60 }, env: { TRACE_USER_JWT_SECRET: TEST_USER_SECRET } });
+    // The RPC pool points nowhere: the chain sync's head comes from the observation inserted below.
+    p = await startPlatform('postgres', { workers: 0, settings: { leaseSeconds: 60 }, env: { TRACE_USER_JWT_SECRET: TEST_USER_SECRET, TRACE_RPC_POOL_LOCAL_URL: 'http://127.0.0.1:9' } });
     gw = p.info.gateway_url;
     await ensureUser(p.dbs.state, p.info.org_id, 'member1', ['member']);
     member = await mintDevUserToken(TEST_USER_SECRET, 'member1');
@@ -89,6 +107,11 @@ describe('web console in headless Chromium', { skip: chromiumPath() ? false : 'c
     await p.dbs.data.query(`INSERT INTO alert_deliveries (id, org_id, alert_event_id, alert_definition_id, channel, status, attempt, last_status_code, delivered_at)
                             VALUES ($1, $2, $3, $4, 'webhook', 'Delivered', 1, 204, now())`, [newId(), p.info.org_id, ev, alertId]);
     await p.dbs.queue.query(`INSERT INTO queue_dead_letters (id, queue, body, receive_count, created_at, last_error) VALUES ($1, 'buffers', '{"batch_uri":"file:///nowhere/batch.jsonl"}', 5, now(), 'batch unreadable')`, [DEAD_LETTER_ID]);
+    const sync = await p.api('POST', '/v1/chain-sync', CHAIN_SYNC, { 'content-type': 'application/yaml' });
+    assert.equal(sync.status, 201, JSON.stringify(sync.body));
+    await p.dbs.state.query(`INSERT INTO chain_head_observations (org_id, chain_id, rpc_pool, head_block, observed_at, source, last_attempt_at)
+                             VALUES ($1, 31337, 'local', 1234, now(), 'test', now())
+                             ON CONFLICT (org_id, chain_id, rpc_pool) DO UPDATE SET head_block = 1234, observed_at = now()`, [p.info.org_id]);
     await addOtherOrg(p.dbs.state);
     browser = await Browser.launch();
   });
@@ -142,7 +165,7 @@ describe('web console in headless Chromium', { skip: chromiumPath() ? false : 'c
       ['task', `/console/tasks/${failedTask}`, [/Attempts/, /disk full/, /test-worker/]],
       ['datasets', '/console/datasets', [/console_src/, /alert_events/]],
       ['dataset', '/console/datasets/console_src', [/Dataset console_src/]],
-      ['chain-sync', '/console/chain-sync', [/No chain sync is applied/]],
+      ['chain-sync', '/console/chain-sync', [/console_sync/, /chain 31337/, /Head: 1,234/, /console_sync_blocks\t\w+\t0\t1,234\t/]],
       ['alerts', '/console/alerts', [/hooks|webhook/]],
       ['alert', `/console/alerts/${alertId}`, [/Deliveries/, /transfer-42/, /Delivered/, /204/]],
       ['dead-letters', '/console/dead-letters', [new RegExp(DEAD_LETTER_ID), /batch unreadable/, /Replay/]],

@@ -16,6 +16,8 @@ const ALLOWED: Array<[method: string, path: string, upstream: 'dispatcher' | 'qu
   ['POST', '/v1/query', 'query'],
   ['GET', '/v1/datasets', 'dispatcher'],
   ['GET', '/v1/datasets/eth_blocks', 'dispatcher'],
+  ['GET', '/v1/datasets/eth_blocks/versions', 'dispatcher'],
+  ['GET', '/v1/dags', 'dispatcher'],
   ['POST', '/v1/dags/my_dag/versions', 'dispatcher'],
   ['GET', '/v1/dags/my_dag/versions', 'dispatcher'],
   ['PUT', '/v1/dags/my_dag/active', 'dispatcher'],

@@ -54,7 +54,8 @@ export async function overview(c: PageContext): Promise<Rendered> {
   });
   const sync = await guarded(async () => {
     const s = await c.api.get('/v1/chain-sync', schemas.chainSync);
-    return html`<p>${num(s.jobs.length)} chain sync job(s): ${s.jobs.map((j) => html`${j.name} ${pill(j.state)} `)}</p>`;
+    if (s.jobs.length === 0) return html`<p class="muted">No chain sync is applied.</p>`;
+    return html`<p>${s.jobs.map((j) => html`<a href="/console/chain-sync">${j.name}</a> ${pill(j.state)} `)}</p>`;
   });
   return {
     title: 'Overview',
