@@ -11,6 +11,7 @@ import { cliBench } from './cli.js';
 import { bench as isolationUdfBench } from './isolation-udf.js';
 import { isolationQueryBench } from './isolation-query.js';
 import { publishBench } from './publish.js';
+import { consoleBench } from './console.js';
 
 const SUITES: Record<string, Array<() => Promise<void>>> = {
   orchestration: [orchestrationBench],
@@ -20,6 +21,7 @@ const SUITES: Record<string, Array<() => Promise<void>>> = {
   cli: [cliBench],
   isolation: [isolationUdfBench, isolationQueryBench],
   publish: [publishBench],
+  console: [consoleBench],
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));

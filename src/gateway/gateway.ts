@@ -27,6 +27,7 @@ import { ClientGone, UpstreamService } from './proxy.js';
 import { DEFAULT_RATE_LIMITS, GatewayRateLimiter, type RateLimits } from './rate-limit.js';
 import { RouteTable, allowedMethods, type RouteMatch, type RouteRule, type Upstream } from './routes.js';
 import { canonicalTarget, type CanonicalTarget } from './target.js';
+import { createConsole } from './console/console.js';
 
 export interface GatewayLimits extends RateLimits {
   /** Largest request body forwarded; larger is 413. Default 1 MiB. */
@@ -57,6 +58,8 @@ export interface GatewayOptions {
   log: Logger;
   /** Milliseconds since the epoch, for the rate limiter (tests). */
   clock?: () => number;
+  /** The web console under `/console` (console/README.md); on unless `enabled: false`. */
+  console?: { enabled?: boolean; secureCookies?: boolean };
 }
 
 const positiveInt = z.number().int().positive();
@@ -86,9 +89,11 @@ interface Admitted {
   requestId: string;
   startedAt: number;
   target: CanonicalTarget;
-  /** The rule for this method, or undefined for a CORS preflight. */
+  /** The rule for this method, or undefined for a CORS preflight and the console. */
   match: RouteMatch | undefined;
   methods: string[];
+  /** A `/console` page: served by console/ with its own session, never proxied. */
+  console?: true;
 }
 
 /**
@@ -146,6 +151,17 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
   };
   const admitted = new WeakMap<IncomingMessage, Admitted>();
   const identities = new WeakMap<FastifyRequest, UserIdentity>();
+  const consoleApp = opts.console?.enabled === false ? undefined : createConsole({
+    dispatcherUrl: opts.routes.dispatcherUrl,
+    userVerifier: opts.userVerifier,
+    secureCookies: opts.console?.secureCookies ?? false,
+    timeoutMs: limits.dispatcherTimeoutMs,
+    log,
+    rateLimit: (who) => {
+      const d = limiter.take(`${who.iss}\u0000${who.sub}`, 'default');
+      return d.ok ? undefined : new TraceError(429, 'RATE_LIMITED', `rate limit exceeded (${d.scope}); retry after ${d.retryAfterSeconds} s`, { extra: { retry_after_seconds: d.retryAfterSeconds } });
+    },
+  });
 
   const app = createHttpServer({ log, name: 'gateway', bodyLimit: limits.maxBodyBytes });
   // Bodies are never parsed here: every content type passes through as the raw stream.
@@ -168,6 +184,12 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
     } catch (e) {
       if (e instanceof TraceError) return refuse(e, 'target');
       throw e;
+    }
+    if (consoleApp && target.segments[0] === 'console') {
+      const method = req.method ?? '';
+      if (method !== 'GET' && method !== 'POST') return refuse(new TraceError(405, 'METHOD_NOT_ALLOWED', 'console pages take GET and POST only'), 'method', { allow: 'GET, POST' });
+      admitted.set(req, { requestId, startedAt: performance.now(), target, match: undefined, methods: ['GET', 'POST'], console: true });
+      return false;
     }
     const matches = table.matchPath(target.segments);
     const methods = allowedMethods(matches);
@@ -193,6 +215,7 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
     const a = admittedOf(req);
     const origin = typeof req.headers.origin === 'string' ? req.headers.origin : undefined;
     void reply.header(REQUEST_ID_HEADER, a.requestId);
+    if (a.console) return undefined; // the console authenticates its own session
     try {
       if (a.match === undefined) {
         const h = cors.preflight(origin, String(req.headers['access-control-request-method']), headerString(req, 'access-control-request-headers'), a.methods);
@@ -228,6 +251,7 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
     url: '/*',
     handler: async (req, reply) => {
       const a = admittedOf(req);
+      if (a.console && consoleApp) return consoleApp.handle(req, reply, a.target, a.requestId);
       const rule = a.match!.rule;
       const who = identities.get(req);
       if (!who) throw unauthorized();

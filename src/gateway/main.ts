@@ -21,6 +21,8 @@ export interface StartGatewayOptions {
   port?: number;
   limits?: Partial<GatewayLimits>;
   corsOrigins?: readonly string[];
+  /** The web console (console/README.md). */
+  console?: { enabled?: boolean; secureCookies?: boolean };
   log?: Logger;
 }
 
@@ -32,6 +34,7 @@ export async function startGateway(opts: StartGatewayOptions): Promise<GatewayHa
     userVerifier: opts.userVerifier,
     ...(opts.limits ? { limits: opts.limits } : {}),
     cors: { allowedOrigins: opts.corsOrigins ?? [] },
+    ...(opts.console ? { console: opts.console } : {}),
     log,
   });
   return serve(app, opts.host ?? '127.0.0.1', opts.port ?? DEFAULT_PORTS.gateway);
@@ -51,7 +54,7 @@ const ENV_LIMITS: Array<[keyof GatewayLimits, string]> = [
  * origins, default none) and the `TRACE_GATEWAY_*` limits above (defaults in
  * DEFAULT_GATEWAY_LIMITS). Throws a TypeError naming the variable on a bad value.
  */
-export function gatewaySettingsFromEnv(penv: NodeJS.ProcessEnv): { limits: GatewayLimits; corsOrigins: string[] } {
+export function gatewaySettingsFromEnv(penv: NodeJS.ProcessEnv): { limits: GatewayLimits; corsOrigins: string[]; console: { secureCookies: boolean } } {
   const limits: Partial<GatewayLimits> = {};
   for (const [key, name] of ENV_LIMITS) {
     const raw = penv[name]?.trim();
@@ -60,7 +63,15 @@ export function gatewaySettingsFromEnv(penv: NodeJS.ProcessEnv): { limits: Gatew
     if (!/^[0-9]+$/.test(raw) || !Number.isSafeInteger(n) || n < 1) throw new TypeError(`${name} must be a positive integer`);
     limits[key] = n;
   }
-  return { limits: resolveLimits(limits), corsOrigins: parseCorsOrigins(penv.TRACE_GATEWAY_CORS_ORIGINS) };
+  return { limits: resolveLimits(limits), corsOrigins: parseCorsOrigins(penv.TRACE_GATEWAY_CORS_ORIGINS), console: { secureCookies: consoleSecureCookies(penv) } };
+}
+
+/** `TRACE_GATEWAY_CONSOLE_SECURE_COOKIES`: `true`/`1` marks the console session cookie Secure (default false). */
+function consoleSecureCookies(penv: NodeJS.ProcessEnv): boolean {
+  const raw = penv.TRACE_GATEWAY_CONSOLE_SECURE_COOKIES?.trim().toLowerCase();
+  if (raw === undefined || raw === '' || raw === 'false' || raw === '0') return false;
+  if (raw === 'true' || raw === '1') return true;
+  throw new TypeError('TRACE_GATEWAY_CONSOLE_SECURE_COOKIES must be true or false');
 }
 
 /**
@@ -85,6 +96,7 @@ export async function runGatewayProcess(penv: NodeJS.ProcessEnv, opts: { host?: 
     port: opts.port ?? DEFAULT_PORTS.gateway,
     limits: settings.limits,
     corsOrigins: settings.corsOrigins,
+    console: settings.console,
     log,
   });
   log.info({ url: handle.url, user_tokens: userCfg.mode, cors_origins: settings.corsOrigins.length }, 'gateway listening');

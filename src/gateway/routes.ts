@@ -36,7 +36,9 @@ export const ROUTES: readonly RouteRule[] = [
   user(['GET'], '/v1/datasets/{name}'),
   user(['GET'], '/v1/datasets/{name}/export'),
   user(['GET'], '/v1/datasets/{name}/export/files/{file}'),
-  // Dispatcher: DAG deployment
+  user(['GET'], '/v1/datasets/{name}/versions'),
+  // Dispatcher: DAG deployment (GET /v1/dags lists every DAG with its versions and the active one)
+  user(['GET'], '/v1/dags'),
   user(['POST', 'GET'], '/v1/dags/{dag}/versions'),
   user(['PUT'], '/v1/dags/{dag}/active'),
   // Dispatcher: UDF bundle upload sessions

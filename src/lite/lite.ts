@@ -255,6 +255,7 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
       port: gatewayPort,
       limits: gwSettings.limits,
       corsOrigins: gwSettings.corsOrigins,
+      console: gwSettings.console,
       log: log.child({ component: 'gateway' }),
     }));
     services.push(() => gateway.stop());

@@ -5,6 +5,7 @@ export function liteSummary(i: LiteInfo, workers?: number): string {
   const lines = [
     `Trace is up (${i.profile} profile, home ${i.home}, pid ${i.pid})`,
     `  gateway      ${i.gateway_url}`,
+    `  console      ${i.gateway_url}/console (sign in with the admin token)`,
     `  dispatcher   ${i.dispatcher_url}`,
     `  query        ${i.query_url}`,
     ...(workers === undefined ? [] : [`  workers      ${workers} in process`]),

@@ -18,6 +18,8 @@ const ALLOWED: Array<[method: string, path: string, upstream: 'dispatcher' | 'qu
   ['GET', '/v1/datasets/eth_blocks', 'dispatcher'],
   ['GET', '/v1/datasets/eth_blocks/export', 'dispatcher'],
   ['GET', '/v1/datasets/eth_blocks/export/files/ethereum__blocks__00000000_to_00000999.parquet', 'dispatcher'],
+  ['GET', '/v1/datasets/eth_blocks/versions', 'dispatcher'],
+  ['GET', '/v1/dags', 'dispatcher'],
   ['POST', '/v1/dags/my_dag/versions', 'dispatcher'],
   ['GET', '/v1/dags/my_dag/versions', 'dispatcher'],
   ['PUT', '/v1/dags/my_dag/active', 'dispatcher'],

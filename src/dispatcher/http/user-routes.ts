@@ -7,6 +7,7 @@ import type { DispatcherContext } from '../service.js';
 import { authenticate, type Principal } from '../identity.js';
 import { activateDag, deployDag, listVersions } from '../dags.js';
 import { getDataset, listDatasets } from '../registry.js';
+import { datasetVersions, listDags } from '../lineage.js';
 import { activateBody, dagNameParam, datasetNameParam } from './schemas.js';
 
 export function userAuth(ctx: DispatcherContext): (req: FastifyRequest) => Promise<Principal> {
@@ -44,6 +45,12 @@ export function userRoutes(app: FastifyInstance, ctx: DispatcherContext): void {
     });
   });
 
+  app.get('/v1/dags', async (req) => {
+    const p = await auth(req);
+    parseInput(z.strictObject({}), req.query ?? {}, 'query string');
+    return { dags: await listDags(deps.state, p.org_id) };
+  });
+
   app.get('/v1/dags/:dag/versions', async (req) => {
     const p = await auth(req);
     const { dag } = parseInput(z.strictObject({ dag: dagNameParam }), req.params, 'route');
@@ -71,5 +78,14 @@ export function userRoutes(app: FastifyInstance, ctx: DispatcherContext): void {
     const d = await getDataset(deps.state, p, name);
     if (!d) throw notFound(`no dataset named ${name}`, 'DATASET_NOT_FOUND');
     return d;
+  });
+
+  app.get('/v1/datasets/:name/versions', async (req) => {
+    const p = await auth(req);
+    const { name } = parseInput(z.strictObject({ name: datasetNameParam }), req.params, 'route');
+    const { limit } = parseInput(z.strictObject({ limit: z.coerce.number().int().min(1).max(1000).default(100) }), req.query ?? {}, 'query string');
+    const v = await datasetVersions(deps.state, p, name, limit);
+    if (!v) throw notFound(`no dataset named ${name}`, 'DATASET_NOT_FOUND');
+    return { name, ...v };
   });
 }
