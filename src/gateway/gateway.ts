@@ -18,6 +18,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { TraceError, notFound, payloadTooLarge, unauthorized } from '../core/errors.js';
 import { createHttpServer } from '../core/http.js';
+import { installOps, serviceRegistry } from '../core/ops.js';
+import { Counter, type Registry } from 'prom-client';
 import { newId } from '../core/ids.js';
 import type { Logger } from '../core/log.js';
 import type { UserIdentity, UserVerifier } from '../auth/user.js';
@@ -55,6 +57,8 @@ export interface GatewayOptions {
   limits?: Partial<GatewayLimits>;
   cors?: { allowedOrigins: readonly string[] };
   log: Logger;
+  /** The registry `/metrics` serves; default a fresh one. */
+  metrics?: Registry;
   /** Milliseconds since the epoch, for the rate limiter (tests). */
   clock?: () => number;
 }
@@ -145,6 +149,8 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
     query: new UpstreamService({ name: 'query', url: opts.routes.queryUrl, timeoutMs: limits.queryTimeoutMs, connectTimeoutMs: limits.connectTimeoutMs }),
   };
   const admitted = new WeakMap<IncomingMessage, Admitted>();
+  // GET /healthz, /readyz, /metrics: answered by the Gateway itself, without a token.
+  const opsRequests = new WeakSet<IncomingMessage>();
   const identities = new WeakMap<FastifyRequest, UserIdentity>();
 
   const app = createHttpServer({ log, name: 'gateway', bodyLimit: limits.maxBodyBytes });
@@ -169,6 +175,10 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
       if (e instanceof TraceError) return refuse(e, 'target');
       throw e;
     }
+    if (req.method === 'GET' && OPS_PATHS.has(target.path)) {
+      opsRequests.add(req);
+      return false;
+    }
     const matches = table.matchPath(target.segments);
     const methods = allowedMethods(matches);
     const method = req.method ?? '';
@@ -189,7 +199,24 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
     return a;
   };
 
+  const registry = opts.metrics ?? serviceRegistry('gateway');
+  installOps(app, {
+    service: 'gateway',
+    registry,
+    checks: {
+      dispatcher: (ms) => upstreamAlive(opts.routes.dispatcherUrl, ms),
+      query_service: (ms) => upstreamAlive(opts.routes.queryUrl, ms),
+    },
+  });
+  const proxied = new Counter({
+    name: 'trace_gateway_requests_total',
+    help: 'Requests the Gateway proxied, by route pattern, upstream and status class',
+    labelNames: ['route', 'upstream', 'status'],
+    registers: [registry],
+  });
+
   app.addHook('onRequest', async (req, reply) => {
+    if (opsRequests.has(req.raw)) return undefined;
     const a = admittedOf(req);
     const origin = typeof req.headers.origin === 'string' ? req.headers.origin : undefined;
     void reply.header(REQUEST_ID_HEADER, a.requestId);
@@ -266,6 +293,7 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
       throw e;
     }
     const status = res.statusCode ?? 502;
+    proxied.inc({ route: rule.pattern, upstream: upstream.name, status: `${Math.floor(status / 100)}xx` });
     req.log.info({ ...logCtx, status, duration_ms: Math.round(performance.now() - a.startedAt) }, 'gateway proxied request');
     void reply.code(status).headers(downstreamResponseHeaders(res.headers));
     if (status === 204 || status === 304) {
@@ -280,6 +308,19 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
     upstreams.query.close();
   });
   return app;
+}
+
+/** The Gateway's own paths (GET only, no token): health, readiness and metrics. */
+const OPS_PATHS = new Set(['/healthz', '/readyz', '/metrics']);
+
+/** A backend is reachable when its `/healthz` answers 200 within `ms`. */
+async function upstreamAlive(base: string, ms: number): Promise<void> {
+  const r = await fetch(`${base}/healthz`, { signal: AbortSignal.timeout(ms) }).catch((e: unknown) => {
+    const cause = (e as { cause?: { code?: string } }).cause;
+    throw new Error(cause?.code ?? (e instanceof Error && e.name === 'TimeoutError' ? `no answer within ${ms} ms` : 'unreachable'));
+  });
+  await r.body?.cancel();
+  if (r.status !== 200) throw new Error(`answered ${r.status}`);
 }
 
 function headerString(req: FastifyRequest, name: string): string | undefined {

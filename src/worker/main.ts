@@ -10,7 +10,9 @@
  *
  * Environment: TRACE_DISPATCHER_URL (default http://127.0.0.1:8081), TRACE_WORKER_TOKEN
  * (required), TRACE_QUEUE_DATABASE_URL (required, postgres://). Flags: --concurrency N
- * (default 4), --worker-id ID (default `${hostname}:${pid}`), --include-test-operators.
+ * (default 4), --worker-id ID (default `${hostname}:${pid}`), --include-test-operators,
+ * --listen HOST:PORT or TRACE_WORKER_LISTEN (the ops listener: /healthz, /readyz, /metrics; off
+ * unless set, so several workers on one machine never compete for a port).
  */
 import { hostname } from 'node:os';
 import { TraceError } from '../core/errors.js';
@@ -22,12 +24,32 @@ import { openQueue } from '../queue/open.js';
 import { TASK_QUEUE } from '../queue/queue.js';
 import { operatorRegistry } from '../operators/registry.js';
 import { TaskClient } from './task-client.js';
-import { startWorker } from './worker.js';
+import { startWorker, type WorkerHandle } from './worker.js';
+import { Gauge, type Registry } from 'prom-client';
+import { resolveListen, serviceRegistry, startOpsListener } from '../core/ops.js';
+import { pingDb } from '../db/db.js';
+import { queueGauges } from '../queue/metrics.js';
+import type { Queue } from '../queue/queue.js';
+
+/** A worker pool's metrics registry: tasks running now, and the task queue it receives from. */
+export function workerRegistry(workers: readonly WorkerHandle[], queue: Queue): Registry {
+  const registry = serviceRegistry('worker');
+  new Gauge({
+    name: 'trace_worker_tasks_in_flight',
+    help: 'Tasks this worker process is claiming or running now',
+    registers: [registry],
+    collect() { this.set(workers.reduce((n, w) => n + w.inFlight, 0)); },
+  });
+  queueGauges(registry, queue, [TASK_QUEUE]);
+  return registry;
+}
 
 export interface WorkerArgs {
   concurrency: number;
   workerId?: string;
   includeTestOperators: boolean;
+  /** `--listen host:port` of the ops listener. */
+  listen?: string;
 }
 
 const usage = (msg: string) => new TraceError(400, 'USAGE', msg);
@@ -54,11 +76,14 @@ export function parseWorkerArgs(argv: readonly string[]): WorkerArgs {
       case '--worker-id':
         out.workerId = value();
         break;
+      case '--listen':
+        out.listen = value();
+        break;
       case '--include-test-operators':
         out.includeTestOperators = true;
         break;
       default:
-        throw usage(`unknown argument "${a.slice(0, 60)}" (trace worker [--concurrency N] [--worker-id ID])`);
+        throw usage(`unknown argument "${a.slice(0, 60)}" (trace worker [--concurrency N] [--worker-id ID] [--listen HOST:PORT])`);
     }
   }
   return out;
@@ -110,6 +135,15 @@ export async function runWorkerProcess(
       queueName: TASK_QUEUE,
       stopGraceMs: opts.stopGraceMs ?? shutdownGraceMsFromEnv(env),
     });
+    const address = resolveListen('worker', env, args.listen !== undefined ? { listen: args.listen } : {}, undefined);
+    if (address) {
+      const ops = await startOpsListener({
+        service: 'worker', address, log, registry: workerRegistry([worker], queue),
+        checks: { queue: (ms) => pingDb(db, ms), ...(dataDb ? { data_database: (ms: number) => pingDb(dataDb, ms) } : {}) },
+      }).catch(async (e: unknown) => { await worker.stop({ graceMs: 0 }); throw e; });
+      closers.unshift(() => ops.stop());
+      log.info({ ops_url: ops.url }, 'worker ops listener');
+    }
     log.info({ dispatcher: dispatcherUrl, worker_id: workerId, operators: [...registry.keys()] }, 'trace worker running');
 
     await new Promise<void>((resolve) => {

@@ -1,9 +1,9 @@
 import { readFile, rm } from 'node:fs/promises';
-import { liteJsonPath, readEnv } from '../../core/config.js';
+import { DEFAULT_PORTS, liteJsonPath, readEnv } from '../../core/config.js';
 import type { LiteInfo } from '../../lite/lite.js';
 import { pidAlive } from '../../lite/lock.js';
 import type { Command } from '../args.js';
-import { CliError, UsageError, intOption } from '../args.js';
+import { CliError, UsageError, intOption, listenOption } from '../args.js';
 
 // Services are imported inside the command that runs them, so `trace --help` or an admin
 // command never loads databases, DuckDB, Fastify or the AWS SDK.
@@ -123,14 +123,13 @@ export const migrateCmd: Command = {
 export const dispatcherCmd: Command = {
   name: 'dispatcher',
   summary: 'Run the Dispatcher service (needs TRACE_STATE_DATABASE_URL, TRACE_WORKER_TOKEN, TRACE_TASK_CAPABILITY_SECRET and a user-token setting). SIGTERM drains it: no new leases, running tasks get TRACE_SHUTDOWN_GRACE_SECONDS, the rest are released.',
-  usage: 'trace dispatcher [--host H] [--port P]',
-  options: { host: { type: 'string' }, port: { type: 'string' }, 'include-test-operators': { type: 'boolean' } },
+  usage: 'trace dispatcher [--listen HOST:PORT | --host H --port P]   (default TRACE_DISPATCHER_LISTEN, else 127.0.0.1:8081; port 0 = a free port)',
+  options: { listen: { type: 'string' }, host: { type: 'string' }, port: { type: 'string' }, 'include-test-operators': { type: 'boolean' } },
   async run({ values }) {
-    const port = intOption(values.port, 'port', 0);
+    const at = (await listenOption('dispatcher', values, { host: '127.0.0.1', port: DEFAULT_PORTS.dispatcher }))!;
     const { runDispatcherProcess } = await import('../../dispatcher/main.js');
     const handle = await runDispatcherProcess(process.env, {
-      ...(values.host ? { host: String(values.host) } : {}),
-      ...(port !== undefined ? { port } : {}),
+      ...at,
       ...(values['include-test-operators'] ? { includeTestOperators: true } : {}),
     });
     return serveUntilSignal('dispatcher', () => handle.stop());
@@ -140,10 +139,11 @@ export const dispatcherCmd: Command = {
 export const workerCmd: Command = {
   name: 'worker',
   summary: 'Run a worker: receives task wake-ups, claims from the Dispatcher, runs platform operators. Needs only the queue, TRACE_DISPATCHER_URL and TRACE_WORKER_TOKEN. SIGTERM stops claiming, lets running tasks finish within TRACE_SHUTDOWN_GRACE_SECONDS and releases the rest.',
-  usage: 'trace worker [--concurrency N] [--worker-id ID]',
-  options: { concurrency: { type: 'string' }, 'worker-id': { type: 'string' }, 'include-test-operators': { type: 'boolean' } },
+  usage: 'trace worker [--concurrency N] [--worker-id ID] [--listen HOST:PORT]   (--listen or TRACE_WORKER_LISTEN: the ops listener, /healthz /readyz /metrics; off by default)',
+  options: { concurrency: { type: 'string' }, 'worker-id': { type: 'string' }, listen: { type: 'string' }, 'include-test-operators': { type: 'boolean' } },
   async run({ values }) {
     const argv: string[] = [];
+    if (values.listen !== undefined) argv.push('--listen', String(values.listen));
     if (values.concurrency !== undefined) argv.push('--concurrency', String(values.concurrency));
     if (values['worker-id'] !== undefined) argv.push('--worker-id', String(values['worker-id']));
     if (values['include-test-operators']) argv.push('--include-test-operators');
@@ -175,12 +175,12 @@ export const tokenDevUser: Command = {
 export const gatewayCmd: Command = {
   name: 'gateway',
   summary: 'Run the Gateway, the public entry point: user JWT auth, route allowlist, rate limits and CORS in front of the Dispatcher and the Query Service (needs TRACE_USER_JWT_SECRET or TRACE_OIDC_*).',
-  usage: 'trace gateway [--host H] [--port P]',
-  options: { host: { type: 'string' }, port: { type: 'string' } },
+  usage: 'trace gateway [--listen HOST:PORT | --host H --port P]   (default TRACE_GATEWAY_LISTEN, else 127.0.0.1:8080; port 0 = a free port)',
+  options: { listen: { type: 'string' }, host: { type: 'string' }, port: { type: 'string' } },
   async run({ values }) {
-    const port = intOption(values.port, 'port', 0);
+    const at = (await listenOption('gateway', values, { host: '127.0.0.1', port: DEFAULT_PORTS.gateway }))!;
     const { runGatewayProcess } = await import('../../gateway/main.js');
-    const handle = await runGatewayProcess(process.env, { ...(values.host ? { host: String(values.host) } : {}), ...(port !== undefined ? { port } : {}) });
+    const handle = await runGatewayProcess(process.env, at);
     process.stderr.write(`gateway listening on ${handle.url}\n`);
     return serveUntilSignal('gateway', () => handle.stop());
   },
@@ -189,10 +189,12 @@ export const gatewayCmd: Command = {
 export const deliveryCmd: Command = {
   name: 'delivery',
   summary: 'Run the Delivery Service: leases due alert deliveries and sends webhooks safely (needs TRACE_DATA_DATABASE_URL).',
-  usage: 'trace delivery',
-  async run() {
+  usage: 'trace delivery [--listen HOST:PORT]   (--listen or TRACE_DELIVERY_LISTEN: the ops listener, /healthz /readyz /metrics; off by default)',
+  options: { listen: { type: 'string' } },
+  async run({ values }) {
     const { runDeliveryProcess } = await import('../../delivery/service/main.js');
-    const h = await runDeliveryProcess(process.env);
+    const h = await runDeliveryProcess(process.env, values.listen !== undefined ? { listen: String(values.listen) } : {});
+    if (h.opsUrl) process.stderr.write(`delivery ops listening on ${h.opsUrl}\n`);
     return serveUntilSignal('delivery', () => h.stop());
   },
 };
@@ -200,14 +202,14 @@ export const deliveryCmd: Command = {
 export const rpcGatewayCmd: Command = {
   name: 'rpc-gateway',
   summary: 'Run the RPC egress gateway: the only path from workers to chain RPC providers, one pool per TRACE_RPC_POOL_<NAME>_URL.',
-  usage: 'trace rpc-gateway [--host H] [--port P]',
-  options: { host: { type: 'string' }, port: { type: 'string' } },
+  usage: 'trace rpc-gateway [--listen HOST:PORT | --host H --port P]   (default TRACE_RPC_GATEWAY_LISTEN, else 127.0.0.1:8083; port 0 = a free port)',
+  options: { listen: { type: 'string' }, host: { type: 'string' }, port: { type: 'string' } },
   async run({ values }) {
     const pools = readEnv().rpcPools;
     if (Object.keys(pools).length === 0) throw new UsageError('no RPC pools: set TRACE_RPC_POOL_<NAME>_URL (comma-separated provider URLs)');
-    const port = intOption(values.port, 'port', 0);
+    const at = (await listenOption('rpcGateway', values, { host: '127.0.0.1', port: DEFAULT_PORTS.rpcGateway }))!;
     const [{ startRpcGateway }, { createLogger }] = await Promise.all([import('../../rpc-gateway/gateway.js'), import('../../core/log.js')]);
-    const gw = await startRpcGateway({ pools, log: createLogger('rpc-gateway'), ...(values.host ? { host: String(values.host) } : {}), ...(port !== undefined ? { port } : {}) });
+    const gw = await startRpcGateway({ pools, log: createLogger('rpc-gateway'), ...at });
     process.stderr.write(`rpc gateway listening on ${gw.url} with pools ${Object.keys(pools).join(', ')}\n`);
     return serveUntilSignal('rpc-gateway', () => gw.close());
   },
