@@ -71,11 +71,16 @@ export interface OpsOptions {
 
 /**
  * A registry for one service instance (several share a `trace lite up` process, so none uses
- * prom-client's global registry), with the HTTP request histogram every listener fills.
+ * prom-client's global registry); every series carries `service`.
  */
 export function serviceRegistry(service: string): Registry {
   const r = new Registry();
   r.setDefaultLabels({ service });
+  new Gauge({
+    name: 'trace_service_start_time_seconds',
+    help: 'When this service instance started (Unix time); its presence says the service is scraped',
+    registers: [r],
+  }).set(Date.now() / 1000);
   return r;
 }
 

@@ -24,25 +24,10 @@ import { openQueue } from '../queue/open.js';
 import { TASK_QUEUE } from '../queue/queue.js';
 import { operatorRegistry } from '../operators/registry.js';
 import { TaskClient } from './task-client.js';
-import { startWorker, type WorkerHandle } from './worker.js';
-import { Gauge, type Registry } from 'prom-client';
+import { startWorker } from './worker.js';
 import { resolveListen, serviceRegistry, startOpsListener } from '../core/ops.js';
 import { pingDb } from '../db/db.js';
-import { queueGauges } from '../queue/metrics.js';
-import type { Queue } from '../queue/queue.js';
-
-/** A worker pool's metrics registry: tasks running now, and the task queue it receives from. */
-export function workerRegistry(workers: readonly WorkerHandle[], queue: Queue): Registry {
-  const registry = serviceRegistry('worker');
-  new Gauge({
-    name: 'trace_worker_tasks_in_flight',
-    help: 'Tasks this worker process is claiming or running now',
-    registers: [registry],
-    collect() { this.set(workers.reduce((n, w) => n + w.inFlight, 0)); },
-  });
-  queueGauges(registry, queue, [TASK_QUEUE]);
-  return registry;
-}
+import { workerMetrics } from './metrics.js';
 
 export interface WorkerArgs {
   concurrency: number;
@@ -96,7 +81,7 @@ export function parseWorkerArgs(argv: readonly string[]): WorkerArgs {
 export async function runWorkerProcess(
   env: NodeJS.ProcessEnv = process.env,
   argv: readonly string[] = [],
-  opts: { signal?: AbortSignal; stopGraceMs?: number } = {},
+  opts: { signal?: AbortSignal; stopGraceMs?: number; onOpsListening?: (url: string) => void } = {},
 ): Promise<void> {
   const args = parseWorkerArgs(argv);
   const cfg = readEnv(env);
@@ -137,12 +122,15 @@ export async function runWorkerProcess(
     });
     const address = resolveListen('worker', env, args.listen !== undefined ? { listen: args.listen } : {}, undefined);
     if (address) {
+      const opsRegistry = serviceRegistry('worker');
+      workerMetrics(opsRegistry, [worker], queue);
       const ops = await startOpsListener({
-        service: 'worker', address, log, registry: workerRegistry([worker], queue),
+        service: 'worker', address, log, registry: opsRegistry,
         checks: { queue: (ms) => pingDb(db, ms), ...(dataDb ? { data_database: (ms: number) => pingDb(dataDb, ms) } : {}) },
       }).catch(async (e: unknown) => { await worker.stop({ graceMs: 0 }); throw e; });
       closers.unshift(() => ops.stop());
       log.info({ ops_url: ops.url }, 'worker ops listener');
+      opts.onOpsListening?.(ops.url);
     }
     log.info({ dispatcher: dispatcherUrl, worker_id: workerId, operators: [...registry.keys()] }, 'trace worker running');
 

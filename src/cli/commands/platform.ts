@@ -13,18 +13,16 @@ import { drainingExit, exitSoon, serveUntilSignal, untilSignal } from '../serve.
 export const liteUp: Command = {
   name: 'lite up',
   summary: 'Run the whole platform in one process on embedded Postgres under TRACE_HOME (or on real Postgres when TRACE_STATE_DATABASE_URL and TRACE_DATA_DATABASE_URL are set). One instance per home; stop it with Ctrl-C or trace lite down.',
-  usage: 'trace lite up [--home DIR] [--workers N] [--demo] [--port-base N]   (--port-base: gateway N, dispatcher N+1, query N+2, RPC gateway N+3; 0 = any free ports)',
+  usage: 'trace lite up [--home DIR] [--workers N] [--demo] [--port-base N]   (--port-base: gateway N, dispatcher N+1, query N+2, RPC gateway N+3, worker/sink/delivery ops N+4..N+6; 0 = any free ports; without it each listener follows TRACE_<SERVICE>_LISTEN)',
   options: { home: { type: 'string' }, workers: { type: 'string' }, demo: { type: 'boolean' }, 'port-base': { type: 'string' } },
   async run({ values, positionals }) {
     if (positionals.length > 0) throw new UsageError(`unexpected "${positionals[0]!.slice(0, 40)}"`);
     const workers = intOption(values.workers, 'workers', 0) ?? 2;
     const base = intOption(values['port-base'], 'port-base', 0);
-    if (base !== undefined && base > 65532) throw new UsageError('--port-base must be at most 65532');
-    const ports = base === undefined ? undefined : base === 0
-      ? { gateway: 0, dispatcher: 0, query: 0, rpcGateway: 0 }
-      : { gateway: base, dispatcher: base + 1, query: base + 2, rpcGateway: base + 3 };
+    if (base !== undefined && base > 65529) throw new UsageError('--port-base must be at most 65529');
     if (values.home) process.env.TRACE_HOME = String(values.home);
-    const [{ createLogger }, { startLite, liteSummary }] = await Promise.all([import('../../core/log.js'), import('../../lite/lite.js')]);
+    const [{ createLogger }, { startLite, liteSummary }, { portsFromBase }] = await Promise.all([import('../../core/log.js'), import('../../lite/lite.js'), import('../../lite/listeners.js')]);
+    const ports = base === undefined ? undefined : portsFromBase(base);
     const log = createLogger('trace-lite');
     const lite = await startLite({ workers, log, demo: values.demo === true, ...(ports ? { ports } : {}), ...(values.home ? { home: String(values.home) } : {}) });
     process.stdout.write(liteSummary(lite.info, workers));
