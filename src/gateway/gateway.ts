@@ -29,6 +29,10 @@ import { ClientGone, UpstreamService } from './proxy.js';
 import { DEFAULT_RATE_LIMITS, GatewayRateLimiter, type RateLimits } from './rate-limit.js';
 import { RouteTable, allowedMethods, type RouteMatch, type RouteRule, type Upstream } from './routes.js';
 import { canonicalTarget, type CanonicalTarget } from './target.js';
+import { openApiDocument } from './openapi.js';
+
+/** The OpenAPI 3.1 document of every route the Gateway forwards (openapi.ts). */
+export const OPENAPI_PATH = '/v1/openapi.json';
 
 export interface GatewayLimits extends RateLimits {
   /** Largest request body forwarded; larger is 413. Default 1 MiB. */
@@ -149,7 +153,7 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
     query: new UpstreamService({ name: 'query', url: opts.routes.queryUrl, timeoutMs: limits.queryTimeoutMs, connectTimeoutMs: limits.connectTimeoutMs }),
   };
   const admitted = new WeakMap<IncomingMessage, Admitted>();
-  // GET /healthz, /readyz, /metrics: answered by the Gateway itself, without a token.
+  // GET /healthz, /readyz, /metrics, /v1/openapi.json: answered by the Gateway itself, without a token.
   const opsRequests = new WeakSet<IncomingMessage>();
   const identities = new WeakMap<FastifyRequest, UserIdentity>();
 
@@ -208,6 +212,7 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
       query_service: (ms) => upstreamAlive(opts.routes.queryUrl, ms),
     },
   });
+  app.get(OPENAPI_PATH, async () => openApiDocument());
   const proxied = new Counter({
     name: 'trace_gateway_requests_total',
     help: 'Requests the Gateway proxied, by route pattern, upstream and status class',
@@ -310,8 +315,8 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
   return app;
 }
 
-/** The Gateway's own paths (GET only, no token): health, readiness and metrics. */
-const OPS_PATHS = new Set(['/healthz', '/readyz', '/metrics']);
+/** The Gateway's own paths (GET only, no token): health, readiness, metrics and the API document. */
+const OPS_PATHS = new Set(['/healthz', '/readyz', '/metrics', OPENAPI_PATH]);
 
 /** A backend is reachable when its `/healthz` answers 200 within `ms`. */
 async function upstreamAlive(base: string, ms: number): Promise<void> {

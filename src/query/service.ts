@@ -165,7 +165,7 @@ const taskBodySchema = z.object({
   limit: limitField,
 });
 
-const userBodySchema = z.object({
+export const userBodySchema = z.object({
   dataset: datasetName.optional(),
   datasets: z.record(z.string(), datasetName).optional(),
   sql: sqlField,
