@@ -31,6 +31,11 @@ export function alertingPlugin(opts: AlertingPluginOptions): DispatcherPlugin {
   return { name: 'alerting', routes: (app, ctx) => alertRoutes(app, ctx, opts) };
 }
 
+/** `GET /v1/alerts/{id}/deliveries` filters. */
+export const deliveriesQuery = z.strictObject({
+  status: z.enum(['Pending', 'Delivered', 'Failed', 'Canceled']).optional(),
+  limit: z.coerce.number().int().min(1).max(1000).optional(),
+});
 const idParams = z.strictObject({ id: uuid });
 
 export function alertRoutes(app: FastifyInstance, ctx: DispatcherContext, opts: AlertingPluginOptions): void {
@@ -92,10 +97,7 @@ export function alertRoutes(app: FastifyInstance, ctx: DispatcherContext, opts: 
   app.get('/v1/alerts/:id/deliveries', async (req) => {
     const v = await viewer(req);
     const { id } = parseInput(idParams, req.params, 'route');
-    const q = parseInput(z.strictObject({
-      status: z.enum(['Pending', 'Delivered', 'Failed', 'Canceled']).optional(),
-      limit: z.coerce.number().int().min(1).max(1000).optional(),
-    }), req.query, 'query string');
+    const q = parseInput(deliveriesQuery, req.query, 'query string');
     await visible(v, id);
     return { alert_id: id, deliveries: await listDeliveries(data, v.org_id, id, { ...(q.status ? { status: q.status } : {}), ...(q.limit ? { limit: q.limit } : {}) }) };
   });

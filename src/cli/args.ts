@@ -86,3 +86,27 @@ export function positionalOr(values: Record<string, unknown>, positionals: strin
   if (positionals.length > 1) throw new UsageError(`expected one ${what}, got ${positionals.length} arguments`);
   return fromOption ?? positionals[0];
 }
+
+/**
+ * The listener of a service command: `--listen host:port`, else `--host`/`--port`, else its
+ * `TRACE_<SERVICE>_LISTEN`, else `fallback` (`undefined`: no listener). A bad value is a usage
+ * error naming the flag or the variable.
+ */
+export async function listenOption(
+  service: 'dispatcher' | 'gateway' | 'query' | 'rpcGateway' | 'worker' | 'sink' | 'delivery',
+  values: Record<string, unknown>,
+  fallback: { host: string; port: number } | undefined,
+): Promise<{ host: string; port: number } | undefined> {
+  const port = intOption(values.port, 'port', 0);
+  if (port !== undefined && port > 65535) throw new UsageError('--port must be at most 65535');
+  const { resolveListen } = await import('../core/ops.js');
+  try {
+    return resolveListen(service, process.env, {
+      ...(values.listen !== undefined ? { listen: String(values.listen) } : {}),
+      ...(values.host !== undefined ? { host: String(values.host) } : {}),
+      ...(port !== undefined ? { port } : {}),
+    }, fallback);
+  } catch (e) {
+    throw new UsageError(e instanceof Error ? e.message : String(e));
+  }
+}

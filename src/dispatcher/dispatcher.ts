@@ -1,5 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { createHttpServer, listen } from '../core/http.js';
+import { installOps, serviceRegistry } from '../core/ops.js';
+import { dispatcherGauges } from './metrics.js';
 import { DispatcherContext, type DispatcherDeps } from './service.js';
 import type { CompletionHook } from './tasks/complete.js';
 import { OutboxDrainer } from './outbox.js';
@@ -44,6 +46,8 @@ export class Dispatcher {
   readonly ctx: DispatcherContext;
   readonly app: FastifyInstance;
   readonly drainer: OutboxDrainer;
+  /** This Dispatcher's Prometheus registry (served at /metrics). */
+  readonly metrics = serviceRegistry('dispatcher');
   private loops: Loop[] = [];
   private unkick: (() => void) | undefined;
   private unkickRetry: (() => void) | undefined;
@@ -59,17 +63,19 @@ export class Dispatcher {
     this.app.addHook('onError', async (_req, _reply, err) => {
       this.ctx.monitor.observe(err);
     });
-    // Alive only: answers while the process runs, whatever its dependencies do.
-    this.app.get('/healthz', async () => ({ ok: true }));
-    // Ready: the databases and the queue answer within a short timeout.
-    this.app.get('/readyz', async (_req, reply) => {
-      const r = await this.ctx.monitor.probeAll(READY_TIMEOUT_MS);
-      const draining = this.ctx.isDraining;
-      if (r.ready && !draining) return { ok: true, checks: r.checks };
-      const down = Object.entries(r.checks).filter(([, v]) => v !== 'ok').map(([k]) => k.replace('_', ' '));
-      const why = draining ? 'the Dispatcher is shutting down' : `${down.join(', ')} unreachable`;
-      return reply.status(503).send({ error: `not ready: ${why}`, code: 'NOT_READY', checks: r.checks, draining });
+    // /healthz (alive), /readyz (the databases and the queue answer within a short timeout, and
+    // the Dispatcher is not draining) and /metrics (core/ops.ts, metrics.ts).
+    installOps(this.app, {
+      service: 'dispatcher',
+      registry: this.metrics,
+      ready: async () => {
+        const r = await this.ctx.monitor.probeAll(READY_TIMEOUT_MS);
+        const draining = this.ctx.isDraining;
+        const checks = r.checks as Record<string, string>;
+        return { ready: r.ready && !draining, checks, extra: draining || !r.ready ? { draining } : {}, ...(draining ? { reason: 'the Dispatcher is shutting down' } : {}) };
+      },
     });
+    dispatcherGauges(this.metrics, { state: deps.state, queue: deps.queue });
     workerRoutes(this.app, this.ctx);
     taskRoutes(this.app, this.ctx);
     batchRoutes(this.app, this.ctx);

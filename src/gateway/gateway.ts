@@ -18,6 +18,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { TraceError, notFound, payloadTooLarge, unauthorized } from '../core/errors.js';
 import { createHttpServer } from '../core/http.js';
+import { installOps, serviceRegistry } from '../core/ops.js';
+import { Counter, type Registry } from 'prom-client';
 import { newId } from '../core/ids.js';
 import type { Logger } from '../core/log.js';
 import type { UserIdentity, UserVerifier } from '../auth/user.js';
@@ -28,6 +30,10 @@ import { DEFAULT_RATE_LIMITS, GatewayRateLimiter, type RateLimits } from './rate
 import { RouteTable, allowedMethods, type RouteMatch, type RouteRule, type Upstream } from './routes.js';
 import { canonicalTarget, type CanonicalTarget } from './target.js';
 import { createConsole } from './console/console.js';
+import { openApiDocument } from './openapi.js';
+
+/** The OpenAPI 3.1 document of every route the Gateway forwards (openapi.ts). */
+export const OPENAPI_PATH = '/v1/openapi.json';
 
 export interface GatewayLimits extends RateLimits {
   /** Largest request body forwarded; larger is 413. Default 1 MiB. */
@@ -56,6 +62,8 @@ export interface GatewayOptions {
   limits?: Partial<GatewayLimits>;
   cors?: { allowedOrigins: readonly string[] };
   log: Logger;
+  /** The registry `/metrics` serves; default a fresh one. */
+  metrics?: Registry;
   /** Milliseconds since the epoch, for the rate limiter (tests). */
   clock?: () => number;
   /** The web console under `/console` (console/README.md); on unless `enabled: false`. */
@@ -150,6 +158,8 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
     query: new UpstreamService({ name: 'query', url: opts.routes.queryUrl, timeoutMs: limits.queryTimeoutMs, connectTimeoutMs: limits.connectTimeoutMs }),
   };
   const admitted = new WeakMap<IncomingMessage, Admitted>();
+  // GET /healthz, /readyz, /metrics, /v1/openapi.json: answered by the Gateway itself, without a token.
+  const opsRequests = new WeakSet<IncomingMessage>();
   const identities = new WeakMap<FastifyRequest, UserIdentity>();
   const consoleApp = opts.console?.enabled === false ? undefined : createConsole({
     dispatcherUrl: opts.routes.dispatcherUrl,
@@ -185,6 +195,10 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
       if (e instanceof TraceError) return refuse(e, 'target');
       throw e;
     }
+    if (req.method === 'GET' && OPS_PATHS.has(target.path)) {
+      opsRequests.add(req);
+      return false;
+    }
     if (consoleApp && target.segments[0] === 'console') {
       const method = req.method ?? '';
       if (method !== 'GET' && method !== 'POST') return refuse(new TraceError(405, 'METHOD_NOT_ALLOWED', 'console pages take GET and POST only'), 'method', { allow: 'GET, POST' });
@@ -211,7 +225,25 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
     return a;
   };
 
+  const registry = opts.metrics ?? serviceRegistry('gateway');
+  installOps(app, {
+    service: 'gateway',
+    registry,
+    checks: {
+      dispatcher: (ms) => upstreamAlive(opts.routes.dispatcherUrl, ms),
+      query_service: (ms) => upstreamAlive(opts.routes.queryUrl, ms),
+    },
+  });
+  app.get(OPENAPI_PATH, async () => openApiDocument());
+  const proxied = new Counter({
+    name: 'trace_gateway_requests_total',
+    help: 'Requests the Gateway proxied, by route pattern, upstream and status class',
+    labelNames: ['route', 'upstream', 'status'],
+    registers: [registry],
+  });
+
   app.addHook('onRequest', async (req, reply) => {
+    if (opsRequests.has(req.raw)) return undefined;
     const a = admittedOf(req);
     const origin = typeof req.headers.origin === 'string' ? req.headers.origin : undefined;
     void reply.header(REQUEST_ID_HEADER, a.requestId);
@@ -290,6 +322,7 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
       throw e;
     }
     const status = res.statusCode ?? 502;
+    proxied.inc({ route: rule.pattern, upstream: upstream.name, status: `${Math.floor(status / 100)}xx` });
     req.log.info({ ...logCtx, status, duration_ms: Math.round(performance.now() - a.startedAt) }, 'gateway proxied request');
     void reply.code(status).headers(downstreamResponseHeaders(res.headers));
     if (status === 204 || status === 304) {
@@ -304,6 +337,19 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
     upstreams.query.close();
   });
   return app;
+}
+
+/** The Gateway's own paths (GET only, no token): health, readiness, metrics and the API document. */
+const OPS_PATHS = new Set(['/healthz', '/readyz', '/metrics', OPENAPI_PATH]);
+
+/** A backend is reachable when its `/healthz` answers 200 within `ms`. */
+async function upstreamAlive(base: string, ms: number): Promise<void> {
+  const r = await fetch(`${base}/healthz`, { signal: AbortSignal.timeout(ms) }).catch((e: unknown) => {
+    const cause = (e as { cause?: { code?: string } }).cause;
+    throw new Error(cause?.code ?? (e instanceof Error && e.name === 'TimeoutError' ? `no answer within ${ms} ms` : 'unreachable'));
+  });
+  await r.body?.cancel();
+  if (r.status !== 200) throw new Error(`answered ${r.status}`);
 }
 
 function headerString(req: FastifyRequest, name: string): string | undefined {

@@ -36,14 +36,22 @@ import { startSink } from '../sink/sink.js';
 import { httpDatasetEvents } from '../sink/events.js';
 import { startDelivery } from '../delivery/service/service.js';
 import { sandboxConfigFromEnv, UdfSandbox, type SandboxState } from '../udf/sandbox/index.js';
+import { LISTEN_ENV, serviceRegistry, startOpsListener } from '../core/ops.js';
+import { sinkMetrics } from '../sink/metrics.js';
+import { deliveryMetrics } from '../delivery/service/metrics.js';
+import { workerMetrics } from '../worker/metrics.js';
+import { liteListeners, type LitePorts } from './listeners.js';
 
 export interface LiteOptions {
   home?: string;
   /** In-process workers (0 = none, so the worker contract can be driven by hand). */
   workers?: number;
   workerConcurrency?: number;
-  /** Listener ports; 0 picks a free port. Defaults are the standard 808x ports. */
-  ports?: Partial<Record<'dispatcher' | 'query' | 'gateway' | 'rpcGateway', number>>;
+  /**
+   * Listener ports on `host`; 0 picks a free port. Unset: `TRACE_<SERVICE>_LISTEN`, else the
+   * standard 808x ports; the worker, sink and delivery ops listeners are off unless set.
+   */
+  ports?: LitePorts;
   host?: string;
   env?: NodeJS.ProcessEnv;
   settings?: Partial<DispatcherSettings>;
@@ -68,6 +76,12 @@ export interface LiteInfo {
   dispatcher_url: string;
   gateway_url: string;
   query_url: string;
+  /** The RPC egress gateway this platform started (the demo's, or one for TRACE_RPC_POOL_*). */
+  rpc_gateway_url?: string;
+  /** Ops listeners (/healthz, /readyz, /metrics) of the in-process workers, sink and delivery, when enabled. */
+  worker_ops_url?: string;
+  sink_ops_url?: string;
+  delivery_ops_url?: string;
   worker_token: string;
   admin_token: string;
   admin_sub: string;
@@ -190,6 +204,7 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
     const rpcGateway: { url?: string } = { url: penv.TRACE_RPC_GATEWAY_URL };
     registry.set('cryo_ingest', createCryoIngestOperator({ objectStore: store, rpcGatewayUrl: () => rpcGateway.url }));
     const host = opts.host ?? '127.0.0.1';
+    const listeners = liteListeners(penv, opts.ports, host);
     const self: { url?: string; queryUrl?: string; dispatcher?: Dispatcher } = {};
     const executor = new InProcessExecutor({ dispatcherUrl: () => self.dispatcher?.url, registry, log, workerToken });
     // The demo delivers its alert to its own plain-http loopback receiver: it turns on the
@@ -230,29 +245,29 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
 
     self.dispatcher = dispatcher;
     // 1. Every listener, before any loop.
-    const dispatcherPort = opts.ports?.dispatcher ?? DEFAULT_PORTS.dispatcher;
-    await bind('Dispatcher', host, dispatcherPort, () => dispatcher.start({ host, port: dispatcherPort, loops: false }));
+    const dl = listeners.dispatcher!;
+    await bind('Dispatcher', dl.host, dl.port, () => dispatcher.start({ host: dl.host, port: dl.port, loops: false }));
     dispatcherStarted = dispatcher;
     const dispatcherUrl = dispatcher.url!;
     self.url = dispatcherUrl;
 
-    const queryPort = opts.ports?.query ?? DEFAULT_PORTS.query;
-    const query = await bind('Query Service', host, queryPort, () => startQueryService({
+    const ql = listeners.query!;
+    const query = await bind('Query Service', ql.host, ql.port, () => startQueryService({
       state: dbs.state, data: dbs.data, orgId: org_id, userVerifier, capabilityVerifier: issuer.verifier(), dispatcherUrl,
-      host, port: queryPort, log: log.child({ component: 'query-service' }),
+      host: ql.host, port: ql.port, log: log.child({ component: 'query-service' }),
       config: { ...queryConfigFromEnv(opts.env ?? process.env), ...opts.query },
     }));
     self.queryUrl = query.url;
     services.push(() => query.stop());
 
     const gwSettings = gatewaySettingsFromEnv(penv);
-    const gatewayPort = opts.ports?.gateway ?? DEFAULT_PORTS.gateway;
-    const gateway = await bind('Gateway', host, gatewayPort, () => startGateway({
+    const gl = listeners.gateway!;
+    const gateway = await bind('Gateway', gl.host, gl.port, () => startGateway({
       dispatcherUrl,
       queryUrl: query.url,
       userVerifier,
-      host,
-      port: gatewayPort,
+      host: gl.host,
+      port: gl.port,
       limits: gwSettings.limits,
       corsOrigins: gwSettings.corsOrigins,
       console: gwSettings.console,
@@ -274,10 +289,21 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
       started_at: new Date().toISOString(),
       ...udfSandbox.summary(),
     };
+    // Ops listeners of the in-process workers, sink and delivery (their metrics are added once they run).
+    const opsRegistries = { worker: serviceRegistry('worker'), sink: serviceRegistry('sink'), delivery: serviceRegistry('delivery') };
+    const opsChecks = { state_database: (ms: number) => pingDb(dbs.state, ms), data_database: (ms: number) => pingDb(dbs.data, ms), ...(dbs.queue !== dbs.state ? { queue: (ms: number) => pingDb(dbs.queue, ms) } : {}) };
+    for (const svc of ['worker', 'sink', 'delivery'] as const) {
+      const at = listeners[svc];
+      if (!at) continue;
+      const ops = await bind(`${svc} ops listener`, at.host, at.port, () => startOpsListener({ service: svc, registry: opsRegistries[svc], checks: opsChecks, address: at, log: log.child({ component: `${svc}-ops` }) }));
+      services.push(() => ops.stop());
+      info[`${svc}_ops_url`] = ops.url;
+    }
     if (!opts.demo && !rpcGateway.url && Object.keys(env.rpcPools).length > 0) {
-      const rpcPort = opts.ports?.rpcGateway ?? DEFAULT_PORTS.rpcGateway;
-      const gw = await bind('RPC gateway', host, rpcPort, () => startRpcGateway({ pools: env.rpcPools, host, port: rpcPort, log: log.child({ component: 'rpc-gateway' }) }));
+      const rl = listeners.rpcGateway!;
+      const gw = await bind('RPC gateway', rl.host, rl.port, () => startRpcGateway({ pools: env.rpcPools, host: rl.host, port: rl.port, log: log.child({ component: 'rpc-gateway' }) }));
       rpcGateway.url = gw.url;
+      info.rpc_gateway_url = gw.url;
       services.push(() => gw.close());
     }
     let demo: DemoHandle | undefined;
@@ -286,7 +312,7 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
       const { startDemo } = await import('./demo.js');
       demo = await startDemo({
         dispatcherUrl, adminToken: info.admin_token, home, host, log: log.child({ component: 'demo' }),
-        ...(opts.ports?.rpcGateway !== undefined ? { rpcGatewayPort: opts.ports.rpcGateway } : {}),
+        ...(opts.ports?.rpcGateway !== undefined || penv[LISTEN_ENV.rpcGateway]?.trim() ? { rpcGatewayPort: listeners.rpcGateway!.port } : {}),
         ...opts.demoOptions,
         onGateway: (url) => { rpcGateway.url = url; },
       });
@@ -296,6 +322,7 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
         chain_url: d.chainUrl, chain_id: d.chainId, rpc_gateway_url: d.rpcGatewayUrl, rpc_pool: d.pool, chain_sync: d.jobName,
         datasets: d.datasets, token: d.token, webhook_url: d.webhookUrl, alert_id: d.alertId, alert_dag: d.alertDag,
       };
+      info.rpc_gateway_url = d.rpcGatewayUrl;
     }
 
     // 2. The loops.
@@ -313,6 +340,9 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
     services.push(() => sink.stop());
     const delivery = startDelivery({ data: dbs.data, log: log.child({ component: 'delivery' }), allowHttpLoopback: loopback, stopGraceMs: graceMs });
     services.push(() => delivery.stop());
+    workerMetrics(opsRegistries.worker, workers, queue);
+    sinkMetrics(opsRegistries.sink, { stats: sink.stats, queue, queueDb: dbs.queue });
+    deliveryMetrics(opsRegistries.delivery, { stats: delivery.stats, data: dbs.data });
 
     await writeFile(liteJsonPath(home), JSON.stringify(info, null, 2), { mode: 0o600 });
     let stopped = false;

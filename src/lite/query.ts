@@ -28,34 +28,18 @@ export interface QueryServiceHandle {
   stop(): Promise<void>;
 }
 
-/** How long the readiness probe waits for each database. */
-const READY_TIMEOUT_MS = 1_000;
-
 /**
  * The Query Service listener of the one-process platform (and of `trace query-service`). It
  * listens once its executor processes have started (a warm pool). Besides the service's routes
- * it answers `GET /readyz`: 200 when the state and data databases answer within a second, else
- * 503 `NOT_READY` naming the unreachable one (`/healthz` stays alive-only).
+ * its `GET /readyz` (core/ops.ts) probes the state and data databases: 503 `NOT_READY` naming the
+ * one that does not answer within a second (`/healthz` stays alive-only).
  */
 export async function startQueryService(opts: StartQueryServiceOptions): Promise<QueryServiceHandle> {
   const app = buildQueryApp({
     ...queryDepsFromState(opts),
     logger: opts.log,
     ...(opts.config ? { config: opts.config } : {}),
-  });
-  app.get('/readyz', async (_req, reply) => {
-    const checks: Record<string, string> = {};
-    await Promise.all(([['state_database', opts.state], ['data_database', opts.data]] as const).map(async ([name, db]) => {
-      try {
-        await pingDb(db, READY_TIMEOUT_MS);
-        checks[name] = 'ok';
-      } catch (e) {
-        checks[name] = (e instanceof Error ? e.message : String(e)).slice(0, 200);
-      }
-    }));
-    const down = Object.entries(checks).filter(([, v]) => v !== 'ok').map(([k]) => k.replace('_', ' '));
-    if (down.length === 0) return { ok: true, checks };
-    return reply.status(503).send({ error: `not ready: ${down.join(', ')} unreachable`, code: 'NOT_READY', checks });
+    readyChecks: { state_database: (ms) => pingDb(opts.state, ms), data_database: (ms) => pingDb(opts.data, ms) },
   });
   try {
     await executorsOf(app)?.ready();

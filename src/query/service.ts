@@ -20,7 +20,9 @@ import { TraceError, forbidden, notFound, unauthorized, badRequest } from '../co
 import { UUID_RE } from '../core/ids.js';
 import { createLogger, type Logger } from '../core/log.js';
 import { createHttpServer, header, parseInput } from '../core/http.js';
-import type { Db } from '../db/db.js';
+import { pingDb, type Db } from '../db/db.js';
+import { Counter, Histogram, type Registry } from 'prom-client';
+import { installOps, serviceRegistry, type ReadyCheck } from '../core/ops.js';
 import { scanSql, DATASET_RELATION } from './executor/scan.js';
 import { namedRelations } from './executor/relations.js';
 import type { RelationGrant, S3Settings } from './executor/engine.js';
@@ -139,6 +141,10 @@ export interface QueryServiceDeps {
   storage?: StorageDeps;
   logger?: Logger;
   config?: Partial<QueryServiceConfig>;
+  /** What `/readyz` probes; default the data database. */
+  readyChecks?: Record<string, ReadyCheck>;
+  /** The registry `/metrics` serves; default a fresh one. */
+  metrics?: Registry;
 }
 
 const uuid = z.string().regex(UUID_RE, 'must be a UUID');
@@ -159,7 +165,7 @@ const taskBodySchema = z.object({
   limit: limitField,
 });
 
-const userBodySchema = z.object({
+export const userBodySchema = z.object({
   dataset: datasetName.optional(),
   datasets: z.record(z.string(), datasetName).optional(),
   sql: sqlField,
@@ -259,12 +265,32 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
 
   const denied = (req: FastifyRequest, fields: Record<string, unknown>, e: unknown) => {
     if (e instanceof TraceError) {
+      rejections.inc({ route: req.routeOptions.url ?? 'unmatched', code: e.code });
       const rule = e.extra?.rule;
       req.log.info({ event: 'query_denied', route: req.routeOptions.url, status: e.status, code: e.code, ...(rule ? { rule } : {}), ...fields }, 'query refused');
     }
   };
 
-  app.get('/healthz', async () => ({ ok: true }));
+  const registry = deps.metrics ?? serviceRegistry('query');
+  installOps(app, { service: 'query', registry, checks: deps.readyChecks ?? { data_database: (ms) => pingDb(deps.dataDb, ms) } });
+  const queryDuration = new Histogram({
+    name: 'trace_query_duration_seconds',
+    help: 'Queries answered, by route and status class (rejections included)',
+    labelNames: ['route', 'status'],
+    buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+    registers: [registry],
+  });
+  const rejections = new Counter({
+    name: 'trace_query_rejections_total',
+    help: 'Queries refused (SQL gate, authorization, limits, lease), by route and error code',
+    labelNames: ['route', 'code'],
+    registers: [registry],
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    const route = req.routeOptions.url;
+    if (route !== '/v1/query' && route !== '/v1/task/query') return;
+    queryDuration.observe({ route, status: `${Math.floor(reply.statusCode / 100)}xx` }, reply.elapsedTime / 1000);
+  });
 
   app.post(
     '/v1/task/query',

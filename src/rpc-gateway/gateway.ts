@@ -6,6 +6,8 @@ import { createLogger, type Logger } from '../core/log.js';
 import { classifyRpcError, isJsonRpcRequest, isJsonRpcResponse, jsonRpcRequestSchema } from '../chain/jsonrpc.js';
 import { HttpTransportError, httpRequestRaw, type HttpRawResult } from '../core/http-client.js';
 import { methodAwareNotFound } from '../core/http.js';
+import { installOps, serviceRegistry } from '../core/ops.js';
+import { Counter } from 'prom-client';
 import { Limiter } from './limiter.js';
 import { DEFAULT_HEALTH, type HealthPolicy, type Provider, ProviderPool, parseRetryAfter } from './providers.js';
 
@@ -153,6 +155,13 @@ export function buildRpcGateway(opts: RpcGatewayOptions): FastifyInstance {
   const queueWaitMs = opts.queueWaitMs ?? timeoutMs;
   const health: HealthPolicy = { ...DEFAULT_HEALTH, ...opts.health };
   const log = opts.log ?? createLogger('rpc-gateway');
+  const registry = serviceRegistry('rpc-gateway');
+  const rpcRequests = new Counter({
+    name: 'trace_rpc_requests_total',
+    help: 'JSON-RPC requests forwarded, by pool and outcome (ok, or the error code answered)',
+    labelNames: ['pool', 'outcome'],
+    registers: [registry],
+  });
 
   const pools = new Map<string, PoolRuntime>();
   for (const [rawName, urls] of Object.entries(opts.pools)) {
@@ -245,11 +254,13 @@ export function buildRpcGateway(opts: RpcGatewayOptions): FastifyInstance {
     const started = Date.now();
     const release = await rt.limiter.acquire(queueWaitMs).catch((e: unknown) => {
       log.warn({ ...ctx, reason: 'pool_busy' }, 'rpc request rejected');
+      rpcRequests.inc({ pool: name, outcome: isTraceError(e) ? e.code : 'INTERNAL' });
       throw e;
     });
     try {
       const out = await forward(rt, JSON.stringify(req.body), ctx);
       log.info({ ...ctx, provider: out.provider.label, attempts: out.attempts, status: out.status, ms: Date.now() - started }, 'rpc request');
+      rpcRequests.inc({ pool: name, outcome: 'ok' });
       return reply
         .code(out.status)
         .header('content-type', 'application/json; charset=utf-8')
@@ -257,6 +268,7 @@ export function buildRpcGateway(opts: RpcGatewayOptions): FastifyInstance {
         .send(out.body);
     } catch (e) {
       const code = isTraceError(e) ? e.code : 'INTERNAL';
+      rpcRequests.inc({ pool: name, outcome: code });
       log.warn({ ...ctx, code, ms: Date.now() - started }, 'rpc request failed');
       throw e;
     } finally {
@@ -268,7 +280,9 @@ export function buildRpcGateway(opts: RpcGatewayOptions): FastifyInstance {
     for (const rt of pools.values()) rt.pool.close();
   });
 
-  app.get('/healthz', async () => ({ status: 'ok' }));
+  // Ready as soon as it listens: its providers are outside Trace, and a pool whose providers all
+  // fail answers 502 per request (counted below) rather than taking the gateway out of rotation.
+  installOps(app, { service: 'rpc-gateway', registry });
 
   app.get('/v1/pools', async () => ({
     pools: [...pools.values()]

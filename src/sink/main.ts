@@ -5,7 +5,8 @@
  * TRACE_STATE_DATABASE_URL, where the queue tables live), TRACE_OBJECT_STORE_URL (default
  * `$TRACE_HOME/objects`), TRACE_DISPATCHER_URL (default http://127.0.0.1:8081),
  * TRACE_WORKER_TOKEN (required: the sink reports dataset events on a worker-only route),
- * TRACE_SINK_MAX_RECEIVES (default 10). It applies pending data migrations at start.
+ * TRACE_SINK_MAX_RECEIVES (default 10), TRACE_SINK_LISTEN or `--listen` (host:port of the ops
+ * listener: /healthz, /readyz, /metrics; off unless set). It applies pending data migrations at start.
  */
 import { DEFAULT_PORTS, DEFAULTS, readEnv } from '../core/config.js';
 import { createLogger, type Logger } from '../core/log.js';
@@ -15,11 +16,24 @@ import { PgQueue } from '../queue/pgqueue.js';
 import { openObjectStore } from '../objectstore/open.js';
 import { httpDatasetEvents } from './events.js';
 import { startSink, type SinkHandle } from './sink.js';
+import type { Registry } from 'prom-client';
+import { resolveListen, serviceRegistry, startOpsListener } from '../core/ops.js';
+import { pingDb, type Queryable } from '../db/db.js';
+import type { Queue } from '../queue/queue.js';
+import { sinkMetrics } from './metrics.js';
 
 export { startSink, type SinkHandle, type SinkOptions } from './sink.js';
 
-export async function runSinkProcess(penv: NodeJS.ProcessEnv, opts: { log?: Logger } = {}): Promise<{ sink: SinkHandle; stop(): Promise<void> }> {
+/** The sink's metrics registry (`trace sink --listen`, and the sink of `trace lite up`). */
+export function sinkRegistry(sink: SinkHandle, queue: Queue, queueDb?: Queryable): Registry {
+  const registry = serviceRegistry('sink');
+  sinkMetrics(registry, { stats: sink.stats, queue, ...(queueDb ? { queueDb } : {}) });
+  return registry;
+}
+
+export async function runSinkProcess(penv: NodeJS.ProcessEnv, opts: { log?: Logger; listen?: string } = {}): Promise<{ sink: SinkHandle; opsUrl?: string; stop(): Promise<void> }> {
   const env = readEnv(penv);
+  const address = resolveListen('sink', penv, opts.listen !== undefined ? { listen: opts.listen } : {}, undefined);
   const queueUrl = env.queueDatabaseUrl ?? env.stateDatabaseUrl;
   const missing: string[] = [];
   if (!env.dataDatabaseUrl) missing.push('TRACE_DATA_DATABASE_URL');
@@ -47,10 +61,16 @@ export async function runSinkProcess(penv: NodeJS.ProcessEnv, opts: { log?: Logg
       log,
       maxReceives,
     });
-    log.info({ store: store.rootUrl.startsWith('s3://') ? 's3' : 'file', max_receives: maxReceives }, 'sink started');
+    const ops = address ? await startOpsListener({
+      service: 'sink', address, log, registry: sinkRegistry(sink, queue, queueDb),
+      checks: { data_database: (ms) => pingDb(data, ms), queue: (ms) => pingDb(queueDb, ms) },
+    }).catch(async (e: unknown) => { await sink.stop(); throw e; }) : undefined;
+    log.info({ store: store.rootUrl.startsWith('s3://') ? 's3' : 'file', max_receives: maxReceives, ...(ops ? { ops_url: ops.url } : {}) }, 'sink started');
     return {
       sink,
+      ...(ops ? { opsUrl: ops.url } : {}),
       async stop() {
+        await ops?.stop();
         await sink.stop();
         await queue.close();
         await queueDb.close();

@@ -12,7 +12,9 @@
  * (required), TRACE_QUEUE_DATABASE_URL (required, postgres://). Flags: --concurrency N
  * (default 4), --worker-id ID (default `${hostname}:${pid}`), --batch-max N (default 100: most
  * tasks per claim, complete or heartbeat request; 1 uses the per-task routes only),
- * --include-test-operators.
+ * --include-test-operators, --listen HOST:PORT or TRACE_WORKER_LISTEN (the ops listener:
+ * /healthz, /readyz, /metrics; off unless set, so several workers on one machine never compete
+ * for a port).
  */
 import { hostname } from 'node:os';
 import { TraceError } from '../core/errors.js';
@@ -26,6 +28,9 @@ import { operatorRegistry } from '../operators/registry.js';
 import { TaskClient } from './task-client.js';
 import { startWorker } from './worker.js';
 import { BATCH_MAX, BatchingTaskClient } from './batching.js';
+import { resolveListen, serviceRegistry, startOpsListener } from '../core/ops.js';
+import { pingDb } from '../db/db.js';
+import { workerMetrics } from './metrics.js';
 
 export interface WorkerArgs {
   concurrency: number;
@@ -33,6 +38,8 @@ export interface WorkerArgs {
   /** Most tasks per batch request (default BATCH_MAX); 1 = the per-task routes only. */
   batchMax?: number;
   includeTestOperators: boolean;
+  /** `--listen host:port` of the ops listener. */
+  listen?: string;
 }
 
 const usage = (msg: string) => new TraceError(400, 'USAGE', msg);
@@ -66,11 +73,14 @@ export function parseWorkerArgs(argv: readonly string[]): WorkerArgs {
       case '--worker-id':
         out.workerId = value();
         break;
+      case '--listen':
+        out.listen = value();
+        break;
       case '--include-test-operators':
         out.includeTestOperators = true;
         break;
       default:
-        throw usage(`unknown argument "${a.slice(0, 60)}" (trace worker [--concurrency N] [--worker-id ID] [--batch-max N])`);
+        throw usage(`unknown argument "${a.slice(0, 60)}" (trace worker [--concurrency N] [--worker-id ID] [--batch-max N] [--listen HOST:PORT])`);
     }
   }
   return out;
@@ -83,7 +93,7 @@ export function parseWorkerArgs(argv: readonly string[]): WorkerArgs {
 export async function runWorkerProcess(
   env: NodeJS.ProcessEnv = process.env,
   argv: readonly string[] = [],
-  opts: { signal?: AbortSignal; stopGraceMs?: number } = {},
+  opts: { signal?: AbortSignal; stopGraceMs?: number; onOpsListening?: (url: string) => void } = {},
 ): Promise<void> {
   const args = parseWorkerArgs(argv);
   const cfg = readEnv(env);
@@ -125,6 +135,18 @@ export async function runWorkerProcess(
       queueName: TASK_QUEUE,
       stopGraceMs: opts.stopGraceMs ?? shutdownGraceMsFromEnv(env),
     });
+    const address = resolveListen('worker', env, args.listen !== undefined ? { listen: args.listen } : {}, undefined);
+    if (address) {
+      const opsRegistry = serviceRegistry('worker');
+      workerMetrics(opsRegistry, [worker], queue);
+      const ops = await startOpsListener({
+        service: 'worker', address, log, registry: opsRegistry,
+        checks: { queue: (ms) => pingDb(db, ms), ...(dataDb ? { data_database: (ms: number) => pingDb(dataDb, ms) } : {}) },
+      }).catch(async (e: unknown) => { await worker.stop({ graceMs: 0 }); throw e; });
+      closers.unshift(() => ops.stop());
+      log.info({ ops_url: ops.url }, 'worker ops listener');
+      opts.onOpsListening?.(ops.url);
+    }
     log.info({ dispatcher: dispatcherUrl, worker_id: workerId, batch_max: batchMax, operators: [...registry.keys()] }, 'trace worker running');
 
     await new Promise<void>((resolve) => {

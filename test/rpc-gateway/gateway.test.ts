@@ -128,7 +128,7 @@ test('unknown pool is 404 {error, code}; healthz and pool listing expose no URLs
 
     const health = await fetch(`${gw.url}/healthz`);
     assert.equal(health.status, 200);
-    assert.deepEqual(await health.json(), { status: 'ok' });
+    assert.deepEqual(await health.json(), { ok: true, service: 'rpc-gateway' });
 
     const pools = await fetch(`${gw.url}/v1/pools`);
     const text = await pools.text();

@@ -1,9 +1,9 @@
 import { readFile, rm } from 'node:fs/promises';
-import { liteJsonPath, readEnv } from '../../core/config.js';
+import { DEFAULT_PORTS, liteJsonPath, readEnv } from '../../core/config.js';
 import type { LiteInfo } from '../../lite/lite.js';
 import { pidAlive } from '../../lite/lock.js';
 import type { Command } from '../args.js';
-import { CliError, UsageError, intOption } from '../args.js';
+import { CliError, UsageError, intOption, listenOption } from '../args.js';
 
 // Services are imported inside the command that runs them, so `trace --help` or an admin
 // command never loads databases, DuckDB, Fastify or the AWS SDK.
@@ -13,18 +13,16 @@ import { drainingExit, exitSoon, serveUntilSignal, untilSignal } from '../serve.
 export const liteUp: Command = {
   name: 'lite up',
   summary: 'Run the whole platform in one process on embedded Postgres under TRACE_HOME (or on real Postgres when TRACE_STATE_DATABASE_URL and TRACE_DATA_DATABASE_URL are set). One instance per home; stop it with Ctrl-C or trace lite down.',
-  usage: 'trace lite up [--home DIR] [--workers N] [--demo] [--port-base N]   (--port-base: gateway N, dispatcher N+1, query N+2, RPC gateway N+3; 0 = any free ports)',
+  usage: 'trace lite up [--home DIR] [--workers N] [--demo] [--port-base N]   (--port-base: gateway N, dispatcher N+1, query N+2, RPC gateway N+3, worker/sink/delivery ops N+4..N+6; 0 = any free ports; without it each listener follows TRACE_<SERVICE>_LISTEN)',
   options: { home: { type: 'string' }, workers: { type: 'string' }, demo: { type: 'boolean' }, 'port-base': { type: 'string' } },
   async run({ values, positionals }) {
     if (positionals.length > 0) throw new UsageError(`unexpected "${positionals[0]!.slice(0, 40)}"`);
     const workers = intOption(values.workers, 'workers', 0) ?? 2;
     const base = intOption(values['port-base'], 'port-base', 0);
-    if (base !== undefined && base > 65532) throw new UsageError('--port-base must be at most 65532');
-    const ports = base === undefined ? undefined : base === 0
-      ? { gateway: 0, dispatcher: 0, query: 0, rpcGateway: 0 }
-      : { gateway: base, dispatcher: base + 1, query: base + 2, rpcGateway: base + 3 };
+    if (base !== undefined && base > 65529) throw new UsageError('--port-base must be at most 65529');
     if (values.home) process.env.TRACE_HOME = String(values.home);
-    const [{ createLogger }, { startLite, liteSummary }] = await Promise.all([import('../../core/log.js'), import('../../lite/lite.js')]);
+    const [{ createLogger }, { startLite, liteSummary }, { portsFromBase }] = await Promise.all([import('../../core/log.js'), import('../../lite/lite.js'), import('../../lite/listeners.js')]);
+    const ports = base === undefined ? undefined : portsFromBase(base);
     const log = createLogger('trace-lite');
     const lite = await startLite({ workers, log, demo: values.demo === true, ...(ports ? { ports } : {}), ...(values.home ? { home: String(values.home) } : {}) });
     process.stdout.write(liteSummary(lite.info, workers));
@@ -123,14 +121,13 @@ export const migrateCmd: Command = {
 export const dispatcherCmd: Command = {
   name: 'dispatcher',
   summary: 'Run the Dispatcher service (needs TRACE_STATE_DATABASE_URL, TRACE_WORKER_TOKEN, TRACE_TASK_CAPABILITY_SECRET and a user-token setting). SIGTERM drains it: no new leases, running tasks get TRACE_SHUTDOWN_GRACE_SECONDS, the rest are released.',
-  usage: 'trace dispatcher [--host H] [--port P]',
-  options: { host: { type: 'string' }, port: { type: 'string' }, 'include-test-operators': { type: 'boolean' } },
+  usage: 'trace dispatcher [--listen HOST:PORT | --host H --port P]   (default TRACE_DISPATCHER_LISTEN, else 127.0.0.1:8081; port 0 = a free port)',
+  options: { listen: { type: 'string' }, host: { type: 'string' }, port: { type: 'string' }, 'include-test-operators': { type: 'boolean' } },
   async run({ values }) {
-    const port = intOption(values.port, 'port', 0);
+    const at = (await listenOption('dispatcher', values, { host: '127.0.0.1', port: DEFAULT_PORTS.dispatcher }))!;
     const { runDispatcherProcess } = await import('../../dispatcher/main.js');
     const handle = await runDispatcherProcess(process.env, {
-      ...(values.host ? { host: String(values.host) } : {}),
-      ...(port !== undefined ? { port } : {}),
+      ...at,
       ...(values['include-test-operators'] ? { includeTestOperators: true } : {}),
     });
     return serveUntilSignal('dispatcher', () => handle.stop());
@@ -140,10 +137,11 @@ export const dispatcherCmd: Command = {
 export const workerCmd: Command = {
   name: 'worker',
   summary: 'Run a worker: receives task wake-ups, claims from the Dispatcher, runs platform operators. Needs only the queue, TRACE_DISPATCHER_URL and TRACE_WORKER_TOKEN. SIGTERM stops claiming, lets running tasks finish within TRACE_SHUTDOWN_GRACE_SECONDS and releases the rest.',
-  usage: 'trace worker [--concurrency N] [--worker-id ID] [--batch-max N]   (--batch-max: most tasks per claim, complete or heartbeat request to the Dispatcher, 1 to 100, default 100; batches form only under load; 1 uses the per-task routes)',
-  options: { concurrency: { type: 'string' }, 'worker-id': { type: 'string' }, 'batch-max': { type: 'string' }, 'include-test-operators': { type: 'boolean' } },
+  usage: 'trace worker [--concurrency N] [--worker-id ID] [--batch-max N] [--listen HOST:PORT]   (--batch-max: most tasks per claim, complete or heartbeat request to the Dispatcher, 1 to 100, default 100; batches form only under load; 1 uses the per-task routes. --listen or TRACE_WORKER_LISTEN: the ops listener, /healthz /readyz /metrics; off by default)',
+  options: { concurrency: { type: 'string' }, 'worker-id': { type: 'string' }, 'batch-max': { type: 'string' }, listen: { type: 'string' }, 'include-test-operators': { type: 'boolean' } },
   async run({ values }) {
     const argv: string[] = [];
+    if (values.listen !== undefined) argv.push('--listen', String(values.listen));
     if (values.concurrency !== undefined) argv.push('--concurrency', String(values.concurrency));
     if (values['worker-id'] !== undefined) argv.push('--worker-id', String(values['worker-id']));
     if (values['batch-max'] !== undefined) argv.push('--batch-max', String(values['batch-max']));
@@ -176,12 +174,12 @@ export const tokenDevUser: Command = {
 export const gatewayCmd: Command = {
   name: 'gateway',
   summary: 'Run the Gateway, the public entry point: user JWT auth, route allowlist, rate limits and CORS in front of the Dispatcher and the Query Service (needs TRACE_USER_JWT_SECRET or TRACE_OIDC_*).',
-  usage: 'trace gateway [--host H] [--port P]',
-  options: { host: { type: 'string' }, port: { type: 'string' } },
+  usage: 'trace gateway [--listen HOST:PORT | --host H --port P]   (default TRACE_GATEWAY_LISTEN, else 127.0.0.1:8080; port 0 = a free port)',
+  options: { listen: { type: 'string' }, host: { type: 'string' }, port: { type: 'string' } },
   async run({ values }) {
-    const port = intOption(values.port, 'port', 0);
+    const at = (await listenOption('gateway', values, { host: '127.0.0.1', port: DEFAULT_PORTS.gateway }))!;
     const { runGatewayProcess } = await import('../../gateway/main.js');
-    const handle = await runGatewayProcess(process.env, { ...(values.host ? { host: String(values.host) } : {}), ...(port !== undefined ? { port } : {}) });
+    const handle = await runGatewayProcess(process.env, at);
     process.stderr.write(`gateway listening on ${handle.url}\n`);
     return serveUntilSignal('gateway', () => handle.stop());
   },
@@ -190,10 +188,12 @@ export const gatewayCmd: Command = {
 export const deliveryCmd: Command = {
   name: 'delivery',
   summary: 'Run the Delivery Service: leases due alert deliveries and sends webhooks safely (needs TRACE_DATA_DATABASE_URL).',
-  usage: 'trace delivery',
-  async run() {
+  usage: 'trace delivery [--listen HOST:PORT]   (--listen or TRACE_DELIVERY_LISTEN: the ops listener, /healthz /readyz /metrics; off by default)',
+  options: { listen: { type: 'string' } },
+  async run({ values }) {
     const { runDeliveryProcess } = await import('../../delivery/service/main.js');
-    const h = await runDeliveryProcess(process.env);
+    const h = await runDeliveryProcess(process.env, values.listen !== undefined ? { listen: String(values.listen) } : {});
+    if (h.opsUrl) process.stderr.write(`delivery ops listening on ${h.opsUrl}\n`);
     return serveUntilSignal('delivery', () => h.stop());
   },
 };
@@ -201,14 +201,14 @@ export const deliveryCmd: Command = {
 export const rpcGatewayCmd: Command = {
   name: 'rpc-gateway',
   summary: 'Run the RPC egress gateway: the only path from workers to chain RPC providers, one pool per TRACE_RPC_POOL_<NAME>_URL.',
-  usage: 'trace rpc-gateway [--host H] [--port P]',
-  options: { host: { type: 'string' }, port: { type: 'string' } },
+  usage: 'trace rpc-gateway [--listen HOST:PORT | --host H --port P]   (default TRACE_RPC_GATEWAY_LISTEN, else 127.0.0.1:8083; port 0 = a free port)',
+  options: { listen: { type: 'string' }, host: { type: 'string' }, port: { type: 'string' } },
   async run({ values }) {
     const pools = readEnv().rpcPools;
     if (Object.keys(pools).length === 0) throw new UsageError('no RPC pools: set TRACE_RPC_POOL_<NAME>_URL (comma-separated provider URLs)');
-    const port = intOption(values.port, 'port', 0);
+    const at = (await listenOption('rpcGateway', values, { host: '127.0.0.1', port: DEFAULT_PORTS.rpcGateway }))!;
     const [{ startRpcGateway }, { createLogger }] = await Promise.all([import('../../rpc-gateway/gateway.js'), import('../../core/log.js')]);
-    const gw = await startRpcGateway({ pools, log: createLogger('rpc-gateway'), ...(values.host ? { host: String(values.host) } : {}), ...(port !== undefined ? { port } : {}) });
+    const gw = await startRpcGateway({ pools, log: createLogger('rpc-gateway'), ...at });
     process.stderr.write(`rpc gateway listening on ${gw.url} with pools ${Object.keys(pools).join(', ')}\n`);
     return serveUntilSignal('rpc-gateway', () => gw.close());
   },

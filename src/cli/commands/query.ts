@@ -1,7 +1,8 @@
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Command } from '../args.js';
-import { UsageError, intOption } from '../args.js';
+import { UsageError, intOption, listenOption } from '../args.js';
+import { DEFAULT_PORTS } from '../../core/config.js';
 import { api, resolveTarget } from '../client.js';
 import { renderTable } from '../table.js';
 import { serveUntilSignal } from '../serve.js';
@@ -148,12 +149,12 @@ export const datasetsRegister: Command = {
 export const queryServiceCmd: Command = {
   name: 'query-service',
   summary: 'Run the Query Service (needs TRACE_STATE_DATABASE_URL, TRACE_DATA_DATABASE_URL, TRACE_DISPATCHER_URL, TRACE_TASK_CAPABILITY_SECRET or TRACE_WORKER_TOKEN for the task JWKS, and a user-token setting; TRACE_QUERY_EXECUTORS and TRACE_QUERY_EXECUTOR_MEMORY_MB size its executor processes).',
-  usage: 'trace query-service [--host H] [--port P]',
-  options: { host: { type: 'string' }, port: { type: 'string' } },
+  usage: 'trace query-service [--listen HOST:PORT | --host H --port P]   (default TRACE_QUERY_LISTEN, else 127.0.0.1:8082; port 0 = a free port)',
+  options: { listen: { type: 'string' }, host: { type: 'string' }, port: { type: 'string' } },
   async run({ values }) {
-    const port = intOption(values.port, 'port', 0);
+    const at = (await listenOption('query', values, { host: '127.0.0.1', port: DEFAULT_PORTS.query }))!;
     const { runQueryServiceProcess } = await import('../../query/main.js');
-    const handle = await runQueryServiceProcess(process.env, { ...(values.host ? { host: String(values.host) } : {}), ...(port !== undefined ? { port } : {}) });
+    const handle = await runQueryServiceProcess(process.env, at);
     process.stderr.write(`query service listening on ${handle.url}\n`);
     return serveUntilSignal('query-service', () => handle.stop());
   },

@@ -8,11 +8,13 @@ import { serveUntilSignal } from '../serve.js';
 export const sinkCmd: Command = {
   name: 'sink',
   summary: 'Run the buffer sink: drains the buffers queue into Postgres data (needs TRACE_DATA_DATABASE_URL, the queue database, TRACE_WORKER_TOKEN).',
-  usage: 'trace sink   (or: trace sink dlq list | trace sink dlq replay ID)',
-  async run({ positionals }) {
+  usage: 'trace sink [--listen HOST:PORT]   (or: trace sink dlq list | trace sink dlq replay ID; --listen or TRACE_SINK_LISTEN: the ops listener, /healthz /readyz /metrics; off by default)',
+  options: { listen: { type: 'string' } },
+  async run({ values, positionals }) {
     if (positionals.length > 0) throw new UsageError(`unexpected "${positionals[0]!.slice(0, 40)}" (did you mean trace sink dlq list|replay?)`);
     const { runSinkProcess } = await import('../../sink/main.js');
-    const handle = await runSinkProcess(process.env);
+    const handle = await runSinkProcess(process.env, values.listen !== undefined ? { listen: String(values.listen) } : {});
+    if (handle.opsUrl) process.stderr.write(`sink ops listening on ${handle.opsUrl}\n`);
     return serveUntilSignal('sink', () => handle.stop());
   },
 };

@@ -4,7 +4,8 @@
  * Environment: TRACE_DATA_DATABASE_URL (required, postgres://), TRACE_DELIVERY_ALLOW_HTTP_LOOPBACK
  * (development only: http:// to loopback receivers), TRACE_DELIVERY_DENY_CIDRS (comma-separated
  * extra denied ranges, e.g. the VPC CIDR when it is public space), TRACE_DELIVERY_CONCURRENCY
- * (default 8). Applies pending data migrations at start.
+ * (default 8), TRACE_DELIVERY_LISTEN or `--listen` (host:port of the ops listener: /healthz,
+ * /readyz, /metrics; off unless set). Applies pending data migrations at start.
  */
 import { readEnv, shutdownGraceMsFromEnv } from '../../core/config.js';
 import { createLogger, type Logger } from '../../core/log.js';
@@ -12,11 +13,23 @@ import { openDb } from '../../db/open.js';
 import { migrate } from '../../db/migrate.js';
 import { allowHttpLoopbackFromEnv, blockListFromCidrs } from '../net/index.js';
 import { startDelivery, type DeliveryHandle } from './service.js';
+import type { Registry } from 'prom-client';
+import { resolveListen, serviceRegistry, startOpsListener } from '../../core/ops.js';
+import { pingDb, type Queryable } from '../../db/db.js';
+import { deliveryMetrics } from './metrics.js';
 
 export { startDelivery, type DeliveryHandle, type DeliveryOptions, type DeliveryStats } from './service.js';
 
-export async function runDeliveryProcess(penv: NodeJS.ProcessEnv, opts: { log?: Logger } = {}): Promise<{ delivery: DeliveryHandle; stop(): Promise<void> }> {
+/** The Delivery Service's metrics registry (`trace delivery --listen`, and the one of `trace lite up`). */
+export function deliveryRegistry(delivery: DeliveryHandle, data: Queryable): Registry {
+  const registry = serviceRegistry('delivery');
+  deliveryMetrics(registry, { stats: delivery.stats, data });
+  return registry;
+}
+
+export async function runDeliveryProcess(penv: NodeJS.ProcessEnv, opts: { log?: Logger; listen?: string } = {}): Promise<{ delivery: DeliveryHandle; opsUrl?: string; stop(): Promise<void> }> {
   const env = readEnv(penv);
+  const address = resolveListen('delivery', penv, opts.listen !== undefined ? { listen: opts.listen } : {}, undefined);
   if (!env.dataDatabaseUrl) throw new Error('missing configuration: TRACE_DATA_DATABASE_URL');
   if (!/^postgres(ql)?:\/\//.test(env.dataDatabaseUrl)) {
     throw new Error('TRACE_DATA_DATABASE_URL must be a postgres:// URL: the embedded database belongs to the trace lite process (use startDelivery there)');
@@ -33,10 +46,16 @@ export async function runDeliveryProcess(penv: NodeJS.ProcessEnv, opts: { log?: 
     const loopback = allowHttpLoopbackFromEnv(penv);
     if (loopback) log.warn('TRACE_DELIVERY_ALLOW_HTTP_LOOPBACK is on: http:// loopback receivers are allowed (development only)');
     const delivery = startDelivery({ data, log, concurrency, allowHttpLoopback: loopback, stopGraceMs: shutdownGraceMsFromEnv(penv), ...(denied ? { send: { deniedAddresses: denied } } : {}) });
-    log.info({ owner: delivery.owner, concurrency }, 'delivery service started');
+    const ops = address ? await startOpsListener({
+      service: 'delivery', address, log, registry: deliveryRegistry(delivery, data),
+      checks: { data_database: (ms) => pingDb(data, ms) },
+    }).catch(async (e: unknown) => { await delivery.stop(); throw e; }) : undefined;
+    log.info({ owner: delivery.owner, concurrency, ...(ops ? { ops_url: ops.url } : {}) }, 'delivery service started');
     return {
       delivery,
+      ...(ops ? { opsUrl: ops.url } : {}),
       async stop() {
+        await ops?.stop();
         await delivery.stop();
         await data.close();
       },

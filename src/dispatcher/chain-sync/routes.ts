@@ -37,6 +37,9 @@ export interface RouteRuntime {
   checkChain(jobId: string): Promise<ChainCheck>;
 }
 
+/** `POST /v1/chain-sync`: the YAML itself, or JSON `{yaml}`. */
+export const chainSyncJsonBody = z.strictObject({ yaml: z.string() });
+
 const nameParam = z.union([
   z.string().regex(/^[a-z][a-z0-9_]{0,63}$/, 'must be a chain sync name or job_id'),
   z.uuid(),
@@ -57,7 +60,7 @@ export function chainSyncRoutes(app: FastifyInstance, ctx: DispatcherContext, rt
       const p = await admin(req);
       let yaml: string;
       if (typeof req.body === 'string') yaml = req.body;
-      else yaml = parseInput(z.strictObject({ yaml: z.string() }), req.body).yaml;
+      else yaml = parseInput(chainSyncJsonBody, req.body).yaml;
       if (Buffer.byteLength(yaml) > CHAIN_SYNC_LIMITS.maxYamlBytes) throw payloadTooLarge(`chain sync YAML is larger than ${CHAIN_SYNC_LIMITS.maxYamlBytes} bytes`);
       if (yaml.trim() === '') throw badRequest('chain sync YAML is empty', 'YAML_MALFORMED');
       const r = await applyChainSync(deps.state, p.org_id, p.user_id, yaml);

@@ -14,6 +14,15 @@ import { dagNameParam, jobNameParam, triggerBody, uuid } from './schemas.js';
 import { userAuth } from './user-routes.js';
 
 /** Admin routes beside the user routes: manual trigger and task status. Require the admin role. */
+/** `GET /v1/tasks` filters. */
+export const tasksQuery = z.strictObject({
+  // chain sync tasks live under the hidden DAG `chain_sync:<name>`
+  dag: z.string().regex(/^(chain_sync:)?[a-z][a-z0-9_]{0,63}$/, 'must be a DAG name or chain_sync:<name>').optional(),
+  job: jobNameParam.optional(),
+  status: z.enum(['Queued', 'Running', 'Completed', 'Failed', 'Canceled']).optional(),
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+});
+
 export function adminRoutes(app: FastifyInstance, ctx: DispatcherContext): void {
   const { deps } = ctx;
   const auth = userAuth(ctx);
@@ -73,13 +82,7 @@ export function adminRoutes(app: FastifyInstance, ctx: DispatcherContext): void 
   app.get('/v1/tasks', async (req) => {
     const p = await auth(req);
     requireAdmin(p);
-    const f = parseInput(z.strictObject({
-      // chain sync tasks live under the hidden DAG `chain_sync:<name>`
-      dag: z.string().regex(/^(chain_sync:)?[a-z][a-z0-9_]{0,63}$/, 'must be a DAG name or chain_sync:<name>').optional(),
-      job: jobNameParam.optional(),
-      status: z.enum(['Queued', 'Running', 'Completed', 'Failed', 'Canceled']).optional(),
-      limit: z.coerce.number().int().min(1).max(1000).default(100),
-    }), req.query, 'query string');
+    const f = parseInput(tasksQuery, req.query, 'query string');
     return { tasks: await listTasks(deps.state, p.org_id, f) };
   });
 

@@ -10,6 +10,10 @@ import { getDataset, listDatasets } from '../registry.js';
 import { datasetVersions, listDags } from '../lineage.js';
 import { activateBody, dagNameParam, datasetNameParam } from './schemas.js';
 
+/** `POST /v1/dags/{dag}/versions`: the YAML itself, or JSON `{yaml, activate?}`; `?activate=true`. */
+export const dagDeployJsonBody = z.strictObject({ yaml: z.string(), activate: z.boolean().optional() });
+export const dagDeployQuery = z.strictObject({ activate: z.enum(['true', 'false']).optional() });
+
 export function userAuth(ctx: DispatcherContext): (req: FastifyRequest) => Promise<Principal> {
   return (req) => authenticate(ctx.deps.state, ctx.deps.userVerifier, ctx.deps.orgId, header(req, 'authorization'));
 }
@@ -24,13 +28,13 @@ export function userRoutes(app: FastifyInstance, ctx: DispatcherContext): void {
     scope.post('/v1/dags/:dag/versions', async (req, reply) => {
       const p = await auth(req);
       const { dag } = parseInput(z.strictObject({ dag: dagNameParam }), req.params, 'route');
-      const { activate } = parseInput(z.strictObject({ activate: z.enum(['true', 'false']).optional() }), req.query, 'query string');
+      const { activate } = parseInput(dagDeployQuery, req.query, 'query string');
       let yaml: string;
       let activateFlag = activate === 'true';
       if (typeof req.body === 'string') {
         yaml = req.body;
       } else {
-        const b = parseInput(z.strictObject({ yaml: z.string(), activate: z.boolean().optional() }), req.body);
+        const b = parseInput(dagDeployJsonBody, req.body);
         yaml = b.yaml;
         activateFlag ||= b.activate ?? false;
       }

@@ -18,13 +18,13 @@ const entrypoint = z.string().min(1).max(512).refine(
  * "Runner selection"), so it is required; the entrypoint may come from the zip's manifest.
  * An empty declaration creates nothing.
  */
-const openBody = z.strictObject({
+export const openBody = z.strictObject({
   name: z.string().min(1).max(200).optional(),
   runtime: z.enum(['node', 'python'], { error: (iss) => (iss.input === undefined ? 'is required (node or python)' : 'must be node or python') }),
   entrypoint: entrypoint.optional(),
 });
 
-const finalizeBody = z.strictObject({
+export const finalizeBody = z.strictObject({
   sha256: z.string().regex(SHA256_HEX_RE, 'must be 64 lowercase hex characters').optional(),
 }).default({});
 

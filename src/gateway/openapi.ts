@@ -1,0 +1,135 @@
+/**
+ * `GET /v1/openapi.json`: an OpenAPI 3.1 document of every route the Gateway forwards (ROUTES in
+ * routes.ts), generated from the zod schemas the backends validate those routes with
+ * (`z.toJSONSchema`). The route list comes from ROUTES itself, so the document cannot name a
+ * route the Gateway refuses or miss one it forwards; the schemas are the handlers' own.
+ *
+ * The backend modules are imported on the first request only, so starting a Gateway loads none
+ * of them.
+ */
+import { z } from 'zod';
+import { ROUTES, PARAM_RE, type RouteRule } from './routes.js';
+
+/** What the document says about one method + pattern beyond the route itself. */
+interface OperationSpec {
+  summary: string;
+  body?: z.ZodType;
+  /** The route also takes the raw YAML document as its body. */
+  yaml?: boolean;
+  query?: z.ZodType;
+  success?: number;
+}
+
+type Schemas = Record<string, OperationSpec>;
+
+async function operationSpecs(): Promise<Schemas> {
+  const [query, user, schemas, bundles, alerting, alertSchemas, admin, datasetAdmin, chainSync] = await Promise.all([
+    import('../query/service.js'),
+    import('../dispatcher/http/user-routes.js'),
+    import('../dispatcher/http/schemas.js'),
+    import('../dispatcher/udf/bundle-routes.js'),
+    import('../alerting/plugin.js'),
+    import('../alerting/schemas.js'),
+    import('../dispatcher/http/admin-routes.js'),
+    import('../dispatcher/http/dataset-admin-routes.js'),
+    import('../dispatcher/chain-sync/routes.js'),
+  ]);
+  return {
+    'POST /v1/query': { summary: 'Run validated read-only SQL over one or several datasets', body: query.userBodySchema },
+    'GET /v1/datasets': { summary: 'List the datasets the caller may read' },
+    'GET /v1/datasets/{name}': { summary: 'One dataset and its current version' },
+    'POST /v1/dags/{dag}/versions': { summary: 'Deploy a DAG version (idempotent by YAML hash)', body: user.dagDeployJsonBody, yaml: true, query: user.dagDeployQuery, success: 201 },
+    'GET /v1/dags/{dag}/versions': { summary: 'List the versions of a DAG' },
+    'PUT /v1/dags/{dag}/active': { summary: 'Make a version the active one (atomic cutover)', body: schemas.activateBody },
+    'POST /v1/udf/bundles': { summary: 'Open a UDF bundle upload', body: bundles.openBody, success: 201 },
+    'POST /v1/udf/bundles/{id}/finalize': { summary: 'Check and finalize an uploaded bundle', body: bundles.finalizeBody },
+    'POST /v1/alerts': { summary: 'Create an alert', body: alertSchemas.definitionBodySchema, success: 201 },
+    'GET /v1/alerts': { summary: 'List alerts' },
+    'GET /v1/alerts/{id}': { summary: 'One alert' },
+    'PUT /v1/alerts/{id}': { summary: 'Replace an alert', body: alertSchemas.definitionBodySchema },
+    'DELETE /v1/alerts/{id}': { summary: 'Delete an alert' },
+    'GET /v1/alerts/{id}/deliveries': { summary: 'Deliveries of an alert', query: alerting.deliveriesQuery },
+    'POST /v1/dags/{dag}/jobs/{job}/trigger': { summary: 'Trigger a manual or clock-driven source job (admin)', body: schemas.triggerBody },
+    'GET /v1/tasks': { summary: 'List tasks (admin)', query: admin.tasksQuery },
+    'GET /v1/tasks/{id}': { summary: 'One task with its attempts, lease and errors (admin)' },
+    'POST /v1/tasks/{id}/cancel': { summary: 'Cancel a task (admin)' },
+    'POST /v1/datasets/{name}/register': { summary: 'Register or refresh an external dataset (admin)', body: datasetAdmin.registerBody },
+    'POST /v1/chain-sync': { summary: 'Apply a chain_sync job (admin; idempotent by name)', body: chainSync.chainSyncJsonBody, yaml: true },
+    'GET /v1/chain-sync': { summary: 'Chain syncs and their per-stream progress (admin)' },
+    'GET /v1/chain-sync/{name}': { summary: 'One chain sync (admin)' },
+    'POST /v1/chain-sync/{name}/pause': { summary: 'Pause a chain sync (admin)' },
+    'POST /v1/chain-sync/{name}/resume': { summary: 'Resume a chain sync, re-checking its chain first (admin)' },
+  };
+}
+
+/** The stable error shape every failure has. */
+const ERROR_SCHEMA = {
+  type: 'object',
+  required: ['error', 'code'],
+  properties: { error: { type: 'string' }, code: { type: 'string' } },
+  additionalProperties: true,
+};
+
+function jsonSchema(schema: z.ZodType, io: 'input' | 'output' = 'input'): Record<string, unknown> {
+  const out = z.toJSONSchema(schema, { io, unrepresentable: 'any', target: 'draft-2020-12' }) as Record<string, unknown>;
+  delete out.$schema;
+  return out;
+}
+
+function operation(rule: RouteRule, method: string, spec: OperationSpec | undefined): Record<string, unknown> {
+  if (!spec) throw new Error(`no OpenAPI description for ${method} ${rule.pattern}`);
+  const params = [...rule.pattern.matchAll(/\{([a-z]+)\}/g)].map((m) => ({
+    name: m[1], in: 'path', required: true, schema: { type: 'string', pattern: PARAM_RE.source },
+  }));
+  const query: unknown[] = [];
+  if (spec.query) {
+    const q = jsonSchema(spec.query) as { properties?: Record<string, unknown>; required?: string[] };
+    for (const [name, schema] of Object.entries(q.properties ?? {})) query.push({ name, in: 'query', required: q.required?.includes(name) ?? false, schema });
+  }
+  const op: Record<string, unknown> = {
+    operationId: `${method.toLowerCase()}${rule.pattern.replace(/\{([a-z]+)\}/g, 'By-$1').split(/[/-]/).filter(Boolean).map((w) => w[0]!.toUpperCase() + w.slice(1)).join('')}`,
+    summary: spec.summary,
+    tags: [rule.audience],
+    ...(params.length + query.length > 0 ? { parameters: [...params, ...query] } : {}),
+    responses: {
+      [String(spec.success ?? 200)]: { description: 'Success', content: { 'application/json': { schema: { type: 'object' } } } },
+      default: { description: 'Failure in the stable error shape', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
+    },
+  };
+  if (spec.body) {
+    op.requestBody = {
+      required: true,
+      content: {
+        'application/json': { schema: jsonSchema(spec.body) },
+        ...(spec.yaml ? { 'application/yaml': { schema: { type: 'string' } } } : {}),
+      },
+    };
+  }
+  return op;
+}
+
+let cached: Promise<Record<string, unknown>> | undefined;
+
+/** The document (built once per process). */
+export function openApiDocument(): Promise<Record<string, unknown>> {
+  cached ??= (async () => {
+    const specs = await operationSpecs();
+    const paths: Record<string, Record<string, unknown>> = {};
+    for (const rule of ROUTES) {
+      for (const method of rule.methods) {
+        (paths[rule.pattern] ??= {})[method.toLowerCase()] = operation(rule, method, specs[`${method} ${rule.pattern}`]);
+      }
+    }
+    return {
+      openapi: '3.1.0',
+      info: { title: 'Trace API', version: '1', description: 'The user and admin routes of the Trace Gateway. Every route takes a Bearer user token; admin routes need the admin role.' },
+      paths,
+      components: {
+        schemas: { Error: ERROR_SCHEMA },
+        securitySchemes: { bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT' } },
+      },
+      security: [{ bearer: [] }],
+    };
+  })();
+  return cached;
+}
