@@ -7,6 +7,7 @@ import { Loop } from './loops.js';
 import { retryDueTasks } from './tasks/retry.js';
 import { reapExpiredLeases, requeueStaleTasks } from './tasks/reap.js';
 import { ensureAlwaysOnSources, fireDueSchedules } from './sources.js';
+import { reconcileEvents } from './reconcile.js';
 import { workerRoutes } from './http/worker-routes.js';
 import { taskRoutes } from './http/task-routes.js';
 import { userRoutes } from './http/user-routes.js';
@@ -31,8 +32,9 @@ export interface DispatcherPlugin {
 
 /**
  * One Dispatcher: the HTTP routes plus the loops that make the system restartable (outbox
- * drain, retry scheduler, lease reaper) and the cron source scheduler. Stateless: everything
- * durable is in Postgres state, so a restart resumes where the last process stopped.
+ * drain, retry scheduler, lease reaper, event reconcile) and the cron source scheduler.
+ * Stateless: everything durable is in Postgres state, so a restart resumes where the last
+ * process stopped.
  */
 export class Dispatcher {
   readonly ctx: DispatcherContext;
@@ -93,7 +95,7 @@ export class Dispatcher {
     if (opts.loops !== false) this.startLoops();
   }
 
-  /** Starts the outbox, retry, reaper, cron and dependency loops and the plugins' loops (once). */
+  /** Starts the outbox, retry, reaper, cron, dependency and reconcile loops and the plugins' loops (once). */
   startLoops(): void {
     if (this.loops.length > 0) return;
     const s = this.ctx.deps.settings;
@@ -121,8 +123,16 @@ export class Dispatcher {
       await this.ctx.monitor.probeAll(READY_TIMEOUT_MS);
       return false;
     }, s.dependencyProbeMs, log);
+    // Events recorded but never routed (a crash, a lost outbox row): routed again, idempotently.
+    const reconcile = new Loop('reconcile', async () => {
+      const r = await reconcileEvents(this.ctx.deps.state, {
+        graceSeconds: s.reconcileGraceSeconds, lookbackSeconds: s.reconcileLookbackSeconds, batchSize: s.batchSize,
+      }, log);
+      if (r.tasks > 0) outbox.kick();
+      return false;
+    }, s.reconcileIntervalMs, log);
     this.unkickRetry = this.ctx.onRetryKick(() => retry.kick());
-    this.loops = [outbox, retry, reaper, cron, deps];
+    this.loops = [outbox, retry, reaper, cron, deps, reconcile];
     for (const p of this.plugins) {
       for (const l of p.loops?.(this.ctx) ?? []) this.loops.push(new Loop(`${p.name}:${l.name}`, l.step, l.intervalMs, log));
     }

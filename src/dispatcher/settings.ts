@@ -35,6 +35,12 @@ export interface DispatcherSettings {
   batchSize: number;
   /** A manual trigger estimated to set off more tasks than this needs `confirm: true`. */
   triggerConfirmAbove: number;
+  /** How often the reconcile loop looks for recorded events that were never routed. */
+  reconcileIntervalMs: number;
+  /** An event is reconciled only once it is this old (the outbox routes it first, normally). */
+  reconcileGraceSeconds: number;
+  /** Events older than this are not reconciled any more. */
+  reconcileLookbackSeconds: number;
 }
 
 export function defaultSettings(overrides: Partial<DispatcherSettings> = {}): DispatcherSettings {
@@ -54,6 +60,9 @@ export function defaultSettings(overrides: Partial<DispatcherSettings> = {}): Di
     sourceRestartSeconds: 30,
     batchSize: 500,
     triggerConfirmAbove: 1_000,
+    reconcileIntervalMs: 60_000,
+    reconcileGraceSeconds: 30,
+    reconcileLookbackSeconds: 86_400,
     ...overrides,
   };
 }
@@ -79,5 +88,8 @@ export function dispatcherSettingsFromEnv(env: NodeJS.ProcessEnv): Partial<Dispa
   set('infraRetryMaxMs', 'TRACE_INFRA_RETRY_MAX_MS', 1, 86_400_000);
   set('requeueAfterSeconds', 'TRACE_REQUEUE_AFTER_SECONDS', 1, 86_400);
   set('triggerConfirmAbove', 'TRACE_TRIGGER_CONFIRM_ABOVE', 1, Number.MAX_SAFE_INTEGER);
+  set('reconcileIntervalMs', 'TRACE_RECONCILE_INTERVAL_MS', 100, 86_400_000);
+  set('reconcileGraceSeconds', 'TRACE_RECONCILE_GRACE_SECONDS', 0, 86_400);
+  set('reconcileLookbackSeconds', 'TRACE_RECONCILE_LOOKBACK_SECONDS', 1, 31 * 86_400);
   return out;
 }
