@@ -13,6 +13,7 @@ import { claimOk, deploy, taskCall, taskRow, trigger, type Lease } from '../supp
 import { reconcileEvents } from '../../src/dispatcher/reconcile.js';
 import { silentLogger } from '../../src/core/log.js';
 import type { Db } from '../../src/db/db.js';
+import { defaultSettings, dispatcherSettingsFromEnv } from '../../src/dispatcher/settings.js';
 
 /** A manual source (its test_sleep emits the trigger's cursor) feeding an incremental reader. */
 const DAG = () => `name: incr
@@ -75,6 +76,14 @@ async function fetchTask(p: Platformish, id: string): Promise<any> {
   assert.equal(res.status, 200);
   return res.json();
 }
+
+test('reconcile settings: documented defaults, read from the environment, bad values named', () => {
+  const d = defaultSettings();
+  assert.deepEqual([d.reconcileIntervalMs, d.reconcileGraceSeconds, d.reconcileLookbackSeconds], [60_000, 30, 86_400]);
+  assert.deepEqual(dispatcherSettingsFromEnv({ TRACE_RECONCILE_INTERVAL_MS: '5000', TRACE_RECONCILE_GRACE_SECONDS: '0', TRACE_RECONCILE_LOOKBACK_SECONDS: '3600' }),
+    { reconcileIntervalMs: 5_000, reconcileGraceSeconds: 0, reconcileLookbackSeconds: 3_600 });
+  assert.throws(() => dispatcherSettingsFromEnv({ TRACE_RECONCILE_LOOKBACK_SECONDS: '0' }), /TRACE_RECONCILE_LOOKBACK_SECONDS/);
+});
 
 for (const backend of BACKENDS) {
   test(`${backend}: an incremental operator gets its job's committed cursor and resumes from it`, async () => {
