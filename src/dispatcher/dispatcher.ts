@@ -9,6 +9,7 @@ import { Loop } from './loops.js';
 import { retryDueTasks } from './tasks/retry.js';
 import { reapExpiredLeases, requeueStaleTasks } from './tasks/reap.js';
 import { ensureAlwaysOnSources, fireDueSchedules } from './sources.js';
+import { reconcileEvents } from './reconcile.js';
 import { workerRoutes } from './http/worker-routes.js';
 import { taskRoutes } from './http/task-routes.js';
 import { batchRoutes } from './http/batch-routes.js';
@@ -39,8 +40,9 @@ export interface DispatcherPlugin {
 
 /**
  * One Dispatcher: the HTTP routes plus the loops that make the system restartable (outbox
- * drain, retry scheduler, lease reaper) and the cron source scheduler. Stateless: everything
- * durable is in Postgres state, so a restart resumes where the last process stopped.
+ * drain, retry scheduler, lease reaper, event reconcile) and the cron source scheduler.
+ * Stateless: everything durable is in Postgres state, so a restart resumes where the last
+ * process stopped.
  */
 export class Dispatcher {
   readonly ctx: DispatcherContext;
@@ -110,7 +112,7 @@ export class Dispatcher {
     if (opts.loops !== false) this.startLoops();
   }
 
-  /** Starts the outbox, retry, reaper, cron and dependency loops and the plugins' loops (once). */
+  /** Starts the outbox, retry, reaper, cron, dependency and reconcile loops and the plugins' loops (once). */
   startLoops(): void {
     if (this.loops.length > 0) return;
     const s = this.ctx.deps.settings;
@@ -138,8 +140,16 @@ export class Dispatcher {
       await this.ctx.monitor.probeAll(READY_TIMEOUT_MS);
       return false;
     }, s.dependencyProbeMs, log);
+    // Events recorded but never routed (a crash, a lost outbox row): routed again, idempotently.
+    const reconcile = new Loop('reconcile', async () => {
+      const r = await reconcileEvents(this.ctx.deps.state, {
+        graceSeconds: s.reconcileGraceSeconds, lookbackSeconds: s.reconcileLookbackSeconds, batchSize: s.batchSize,
+      }, log);
+      if (r.tasks > 0) outbox.kick();
+      return false;
+    }, s.reconcileIntervalMs, log);
     this.unkickRetry = this.ctx.onRetryKick(() => retry.kick());
-    this.loops = [outbox, retry, reaper, cron, deps];
+    this.loops = [outbox, retry, reaper, cron, deps, reconcile];
     if (s.gcIntervalMs > 0) {
       this.loops.push(new Loop('gc', async () => {
         const r = await runGc(this.ctx.deps.state, s, this.ctx.gcCollectors, { dryRun: false, log });

@@ -4,7 +4,7 @@ import { capabilityTtlSeconds } from '../auth/capability.js';
 import type { DatasetGrant, StorageRef } from '../auth/capability-claims.js';
 import type { ClaimedTask, TaskPayload } from '../worker/payload.js';
 import type { JobRow } from './jobs.js';
-import type { ClaimedRow } from './tasks/claim.js';
+import type { ClaimedRow, InputCursor } from './tasks/claim.js';
 
 export interface TaskCore {
   id: string;
@@ -14,6 +14,21 @@ export interface TaskCore {
   trigger: Record<string, unknown>;
   timeout_seconds: number;
   operator_state: TaskPayload['operator_state'];
+  /** The job's committed cursors on the pinned input versions (INPUT_CURSORS in tasks/claim.ts). */
+  cursors: InputCursor[];
+}
+
+/**
+ * Each pinned input with the job's last committed cursor on that dataset version (`last_cursor`,
+ * null before the first completion) and the cursor column of the job's config (`cursor_column`,
+ * null when it names none): an incremental operator reads only rows past `last_cursor`.
+ */
+export function inputsWithCursors(inputs: unknown[], cursors: InputCursor[], job: JobRow): TaskPayload['inputs'] {
+  const column = typeof job.config.cursor_column === 'string' ? job.config.cursor_column : null;
+  const byVersion = new Map(cursors.map((c) => [`${c.dataset_uuid}/${c.dataset_version}`, c.cursor_value]));
+  return (inputs as TaskPayload['inputs']).map((i) => (i.dataset_uuid && i.dataset_version
+    ? { ...i, last_cursor: byVersion.get(`${i.dataset_uuid}/${i.dataset_version}`) ?? null, cursor_column: column }
+    : i));
 }
 
 /** The full task description handed to whoever runs the attempt (claim, fetch, invoke). */
@@ -29,7 +44,7 @@ export function taskPayload(t: TaskCore, job: JobRow): TaskPayload {
     timeout_seconds: t.timeout_seconds,
     heartbeat_timeout_seconds: job.heartbeat_timeout_seconds,
     trigger: t.trigger as TaskPayload['trigger'],
-    inputs: t.inputs as TaskPayload['inputs'],
+    inputs: inputsWithCursors(t.inputs, t.cursors, job),
     outputs: job.outputs,
     operator_state: t.operator_state,
   };

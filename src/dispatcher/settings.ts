@@ -47,6 +47,12 @@ export interface DispatcherSettings {
   gcTaskHistoryRetentionSeconds: number;
   /** Rows and objects one pass removes at most. */
   gcBatch: number;
+  /** How often the reconcile loop looks for recorded events that were never routed. */
+  reconcileIntervalMs: number;
+  /** An event is reconciled only once it is this old (the outbox routes it first, normally). */
+  reconcileGraceSeconds: number;
+  /** Events older than this are not reconciled any more. */
+  reconcileLookbackSeconds: number;
 }
 
 export function defaultSettings(overrides: Partial<DispatcherSettings> = {}): DispatcherSettings {
@@ -72,6 +78,9 @@ export function defaultSettings(overrides: Partial<DispatcherSettings> = {}): Di
     gcOutboxRetentionSeconds: 7 * 86_400,
     gcTaskHistoryRetentionSeconds: 30 * 86_400,
     gcBatch: 10_000,
+    reconcileIntervalMs: 60_000,
+    reconcileGraceSeconds: 30,
+    reconcileLookbackSeconds: 86_400,
     ...overrides,
   };
 }
@@ -108,6 +117,9 @@ export function dispatcherSettingsFromEnv(env: NodeJS.ProcessEnv): Partial<Dispa
   dur('gcStagingRetentionSeconds', 'TRACE_GC_STAGING_RETENTION');
   dur('gcOutboxRetentionSeconds', 'TRACE_GC_OUTBOX_RETENTION');
   dur('gcTaskHistoryRetentionSeconds', 'TRACE_GC_TASK_HISTORY_RETENTION');
+  set('reconcileIntervalMs', 'TRACE_RECONCILE_INTERVAL_MS', 100, 86_400_000);
+  set('reconcileGraceSeconds', 'TRACE_RECONCILE_GRACE_SECONDS', 0, 86_400);
+  set('reconcileLookbackSeconds', 'TRACE_RECONCILE_LOOKBACK_SECONDS', 1, 31 * 86_400);
   return out;
 }
 

@@ -17,8 +17,14 @@ export interface TaskPayload {
   heartbeat_timeout_seconds: number;
   // What triggered the task: an upstream event, a manual trigger, or a cron tick.
   trigger: { kind: 'event' | 'manual' | 'cron'; cursor?: number | string; start?: number; end?: number; partition_key?: string; fired_at?: string };
-  // The input events (event-triggered tasks), with the edge's where-filter.
-  inputs: Array<{ dataset_uuid: string; dataset_version: string; cursor?: number | string; partition_key?: string; start?: number; end?: number; where?: Record<string, unknown> }>;
+  // The input events (event-triggered tasks), with the edge's where-filter. Each also carries the
+  // job's last committed cursor on that dataset version (`last_cursor`, null before the first
+  // completion; a Completed task advances it to the input's `cursor`) and the job's
+  // `cursor_column` (null when its config names none): read only rows past `last_cursor`.
+  inputs: Array<{
+    dataset_uuid: string; dataset_version: string; cursor?: number | string; partition_key?: string; start?: number; end?: number; where?: Record<string, unknown>;
+    last_cursor?: string | null; cursor_column?: string | null;
+  }>;
   // Where this job's outputs go: emit events for output_index i on outputs[i].
   outputs: Array<{ output_index: number; dataset_uuid: string; dataset_version: string }>;
   // Durable operator state for this job (platform-managed), with versions for CAS.

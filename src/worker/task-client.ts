@@ -133,6 +133,8 @@ const taskPayloadSchema = z.looseObject({
     start: z.number().optional(),
     end: z.number().optional(),
     where: z.record(z.string(), z.unknown()).optional(),
+    last_cursor: z.string().nullable().optional(),
+    cursor_column: z.string().nullable().optional(),
   })),
   outputs: z.array(z.looseObject({ output_index: z.number().int(), dataset_uuid: z.string(), dataset_version: z.string() })),
   operator_state: z.array(z.looseObject({ state_key: z.string(), state: z.record(z.string(), z.unknown()), version: z.number() })),

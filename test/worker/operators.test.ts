@@ -189,7 +189,7 @@ test('cursor_emitter: config validation reports paths', () => {
 test('registry: public operators only by default; test operators hidden and opt-in', () => {
   assert.deepEqual([...operatorRegistry().keys()].sort(), ['alert_evaluate', 'cryo_ingest', 'cursor_emitter', 'noop', 'range_aggregator', 'range_splitter', 'udf']);
   const all = operatorCatalog({ includeTestOperators: true });
-  for (const name of ['test_sleep', 'test_fail', 'test_flaky', 'test_emit']) assert.equal(all.get(name)?.hidden, true, name);
+  for (const name of ['test_sleep', 'test_fail', 'test_flaky', 'test_emit', 'test_incremental']) assert.equal(all.get(name)?.hidden, true, name);
   const noop = all.get('noop')!;
   assert.deepEqual(noop.activations.sort(), ['reactive', 'source']);
   assert.deepEqual(noop.runtimes.sort(), ['dispatcher', 'ecs_platform', 'lambda']);

@@ -567,4 +567,22 @@ ALTER TABLE chain_sync_compactions ADD COLUMN first_parent_hash text;
 ALTER TABLE chain_sync_compactions ADD COLUMN last_block_hash text;
 `,
   },
+  {
+    version: 7,
+    name: 'events: when each recorded event was routed, for the reconcile loop',
+    // Owned by src/dispatcher/ (routing.ts, reconcile.ts). An event row with routed = true is
+    // meant to be routed; routed_at is set when routing ran for it (the outbox's route_event or
+    // the reconcile loop). Rows still NULL past a grace period lost their route_event (a crash,
+    // a deleted outbox row) and are routed by the reconcile loop; routing is idempotent.
+    sql: `
+ALTER TABLE task_events ADD COLUMN routed_at timestamptz;
+ALTER TABLE dataset_events ADD COLUMN routed_at timestamptz;
+-- Events recorded before this migration were handed to the outbox, which still routes any
+-- that are pending; they are not reconciled.
+UPDATE task_events SET routed_at = created_at WHERE routed;
+UPDATE dataset_events SET routed_at = created_at WHERE routed;
+CREATE INDEX task_events_unrouted ON task_events (id) WHERE routed AND routed_at IS NULL;
+CREATE INDEX dataset_events_unrouted ON dataset_events (id) WHERE routed AND routed_at IS NULL;
+`,
+  },
 ];

@@ -4,9 +4,18 @@ import { header, parseInput } from '../../core/http.js';
 import { notFound } from '../../core/errors.js';
 import { z } from 'zod';
 import type { DispatcherContext } from '../service.js';
-import { taskPayload } from '../payload.js';
+import { taskPayload, type TaskCore } from '../payload.js';
+import { INPUT_CURSORS } from '../tasks/claim.js';
 import { claimBody, releaseBody, uuid } from './schemas.js';
 import { releaseTask } from '../tasks/release.js';
+
+// A task as it is now, with this job's operator state and its committed cursors on the inputs.
+const FETCH_TASK = `
+SELECT t.id, t.org_id, t.job_id, t.status, t.attempt, t.inputs, t.trigger, t.timeout_seconds,
+       (SELECT coalesce(json_agg(json_build_object('state_key', s.state_key, 'state', s.state, 'version', s.version)), '[]'::json)
+          FROM operator_state s WHERE s.job_id = t.job_id) AS operator_state,
+       ${INPUT_CURSORS('t')} AS cursors
+FROM tasks t WHERE t.id = $1`;
 
 /** Worker-only routes (`X-Trace-Worker-Token`): claim, fetch, task JWKS. */
 export function workerRoutes(app: FastifyInstance, ctx: DispatcherContext): void {
@@ -25,11 +34,7 @@ export function workerRoutes(app: FastifyInstance, ctx: DispatcherContext): void
 
   app.get('/internal/task-fetch', async (req) => {
     const { task_id } = parseInput(z.strictObject({ task_id: uuid }), req.query, 'query string');
-    const r = await deps.state.query<{ id: string; org_id: string; job_id: string; status: string; attempt: number; inputs: unknown[]; trigger: Record<string, unknown>; timeout_seconds: number; operator_state: [] }>(
-      `SELECT t.id, t.org_id, t.job_id, t.status, t.attempt, t.inputs, t.trigger, t.timeout_seconds,
-              (SELECT coalesce(json_agg(json_build_object('state_key', s.state_key, 'state', s.state, 'version', s.version)), '[]'::json)
-                 FROM operator_state s WHERE s.job_id = t.job_id) AS operator_state
-       FROM tasks t WHERE t.id = $1`, [task_id]);
+    const r = await deps.state.query<TaskCore & { job_id: string; status: string }>(FETCH_TASK, [task_id]);
     const t = r.rows[0];
     if (!t) throw notFound('task not found', 'TASK_NOT_FOUND');
     const job = await ctx.jobs.require(t.job_id);

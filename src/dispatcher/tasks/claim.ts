@@ -13,7 +13,28 @@ export interface ClaimedRow {
   trigger: Record<string, unknown>;
   timeout_seconds: number;
   operator_state: Array<{ state_key: string; state: Record<string, unknown>; version: number }>;
+  cursors: InputCursor[];
 }
+
+/** The job's committed high-water mark on one pinned input version (`dataset_cursors`). */
+export interface InputCursor {
+  dataset_uuid: string;
+  dataset_version: string;
+  cursor_value: string | null;
+}
+
+/**
+ * The job's committed cursors on the dataset versions a task's inputs pin, as a JSON array
+ * (`task` is the alias of the tasks row): read at claim and fetch, so an operator reads only
+ * what is newer than what its job has already consumed.
+ */
+export const INPUT_CURSORS = (task: string) => `
+  (SELECT coalesce(json_agg(json_build_object('dataset_uuid', dc.dataset_uuid, 'dataset_version', dc.dataset_version, 'cursor_value', dc.cursor_value)), '[]'::json)
+     FROM dataset_cursors dc
+    WHERE dc.job_id = ${task}.job_id
+      AND (dc.dataset_uuid, dc.dataset_version) IN (
+        SELECT (e->>'dataset_uuid')::uuid, (e->>'dataset_version')::uuid FROM jsonb_array_elements(${task}.inputs) e
+         WHERE e ? 'dataset_uuid' AND e ? 'dataset_version'))`;
 
 // The lease lasts the job's heartbeat_timeout_seconds, capped by the Dispatcher's ceiling ($3).
 export const JOB_LEASE_SECONDS = (ceiling: string, task: string) =>
@@ -32,7 +53,8 @@ const CLAIM_TAIL = `
 )
 SELECT c.id, c.org_id, c.job_id, c.attempt, c.lease_token, c.lease_expires_at, c.inputs, c.trigger, c.timeout_seconds,
        (SELECT coalesce(json_agg(json_build_object('state_key', s.state_key, 'state', s.state, 'version', s.version)), '[]'::json)
-          FROM operator_state s WHERE s.job_id = c.job_id) AS operator_state
+          FROM operator_state s WHERE s.job_id = c.job_id) AS operator_state,
+       ${INPUT_CURSORS('c')} AS cursors
 FROM c`;
 
 // Fast path, one statement: Queued -> Running for jobs without a concurrency cap.
