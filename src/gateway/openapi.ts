@@ -23,7 +23,7 @@ interface OperationSpec {
 type Schemas = Record<string, OperationSpec>;
 
 async function operationSpecs(): Promise<Schemas> {
-  const [query, user, schemas, bundles, alerting, alertSchemas, admin, datasetAdmin, chainSync] = await Promise.all([
+  const [query, user, schemas, bundles, alerting, alertSchemas, admin, datasetAdmin, chainSync, exports, gc] = await Promise.all([
     import('../query/service.js'),
     import('../dispatcher/http/user-routes.js'),
     import('../dispatcher/http/schemas.js'),
@@ -33,11 +33,17 @@ async function operationSpecs(): Promise<Schemas> {
     import('../dispatcher/http/admin-routes.js'),
     import('../dispatcher/http/dataset-admin-routes.js'),
     import('../dispatcher/chain-sync/routes.js'),
+    import('../dispatcher/http/export-routes.js'),
+    import('../dispatcher/http/gc-routes.js'),
   ]);
   return {
     'POST /v1/query': { summary: 'Run validated read-only SQL over one or several datasets', body: query.userBodySchema },
     'GET /v1/datasets': { summary: 'List the datasets the caller may read' },
     'GET /v1/datasets/{name}': { summary: 'One dataset and its current version' },
+    'GET /v1/datasets/{name}/versions': { summary: 'Versions of a dataset with partitions, the producing task and its inputs', query: user.datasetVersionsQuery },
+    'GET /v1/datasets/{name}/export': { summary: 'The Cryo-named files of a version, one per range, nothing superseded', query: exports.exportQuery },
+    'GET /v1/datasets/{name}/export/files/{file}': { summary: 'One file of a version\'s export (Parquet)', query: exports.exportFileQuery },
+    'GET /v1/dags': { summary: 'Every DAG with its versions and the active one' },
     'POST /v1/dags/{dag}/versions': { summary: 'Deploy a DAG version (idempotent by YAML hash)', body: user.dagDeployJsonBody, yaml: true, query: user.dagDeployQuery, success: 201 },
     'GET /v1/dags/{dag}/versions': { summary: 'List the versions of a DAG' },
     'PUT /v1/dags/{dag}/active': { summary: 'Make a version the active one (atomic cutover)', body: schemas.activateBody },
@@ -54,6 +60,7 @@ async function operationSpecs(): Promise<Schemas> {
     'GET /v1/tasks/{id}': { summary: 'One task with its attempts, lease and errors (admin)' },
     'POST /v1/tasks/{id}/cancel': { summary: 'Cancel a task (admin)' },
     'POST /v1/datasets/{name}/register': { summary: 'Register or refresh an external dataset (admin)', body: datasetAdmin.registerBody },
+    'POST /v1/gc': { summary: 'Run one garbage collection pass, or list what it would remove (admin)', body: gc.gcBody },
     'POST /v1/chain-sync': { summary: 'Apply a chain_sync job (admin; idempotent by name)', body: chainSync.chainSyncJsonBody, yaml: true },
     'GET /v1/chain-sync': { summary: 'Chain syncs and their per-stream progress (admin)' },
     'GET /v1/chain-sync/{name}': { summary: 'One chain sync (admin)' },

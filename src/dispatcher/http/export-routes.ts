@@ -14,6 +14,9 @@ const exportFileParam = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$/, '
  * `GET /v1/datasets/{name}/export` the current version's export plan (export.ts), and
  * `GET /v1/datasets/{name}/export/files/{file}?version=V` one file of version V's plan, streamed.
  */
+export const exportQuery = z.strictObject({ version: uuid.optional() });
+export const exportFileQuery = z.strictObject({ version: uuid });
+
 export function exportRoutes(app: FastifyInstance, ctx: DispatcherContext): void {
   const auth = userAuth(ctx);
   const store = () => ctx.deps.datasetStorage?.store;
@@ -21,14 +24,14 @@ export function exportRoutes(app: FastifyInstance, ctx: DispatcherContext): void
   app.get('/v1/datasets/:name/export', async (req) => {
     const p = await auth(req);
     const { name } = parseInput(z.strictObject({ name: datasetNameParam }), req.params, 'route');
-    const { version } = parseInput(z.strictObject({ version: uuid.optional() }), req.query, 'query string');
+    const { version } = parseInput(exportQuery, req.query, 'query string');
     return exportPlan(ctx.deps.state, store(), p, name, version);
   });
 
   app.get('/v1/datasets/:name/export/files/:file', async (req, reply) => {
     const p = await auth(req);
     const { name, file } = parseInput(z.strictObject({ name: datasetNameParam, file: exportFileParam }), req.params, 'route');
-    const { version } = parseInput(z.strictObject({ version: uuid }), req.query, 'query string');
+    const { version } = parseInput(exportFileQuery, req.query, 'query string');
     const f = await exportFile(ctx.deps.state, store(), p, name, version, file);
     req.log.info({ org_id: p.org_id, dataset: name, version, file, bytes: f.bytes }, 'export file served');
     return reply

@@ -6,7 +6,7 @@ import { requireAdmin } from '../identity.js';
 import { runGc } from '../gc.js';
 import { userAuth } from './user-routes.js';
 
-const gcBody = z.strictObject({ dry_run: z.boolean().optional() });
+export const gcBody = z.strictObject({ dry_run: z.boolean().optional() });
 
 /** `POST /v1/gc` (admin): one garbage collection pass now; `{dry_run: true}` lists what would go and changes nothing. */
 export function gcRoutes(app: FastifyInstance, ctx: DispatcherContext): void {

@@ -13,6 +13,7 @@ import { activateBody, dagNameParam, datasetNameParam } from './schemas.js';
 /** `POST /v1/dags/{dag}/versions`: the YAML itself, or JSON `{yaml, activate?}`; `?activate=true`. */
 export const dagDeployJsonBody = z.strictObject({ yaml: z.string(), activate: z.boolean().optional() });
 export const dagDeployQuery = z.strictObject({ activate: z.enum(['true', 'false']).optional() });
+export const datasetVersionsQuery = z.strictObject({ limit: z.coerce.number().int().min(1).max(1000).default(100) });
 
 export function userAuth(ctx: DispatcherContext): (req: FastifyRequest) => Promise<Principal> {
   return (req) => authenticate(ctx.deps.state, ctx.deps.userVerifier, ctx.deps.orgId, header(req, 'authorization'));
@@ -87,7 +88,7 @@ export function userRoutes(app: FastifyInstance, ctx: DispatcherContext): void {
   app.get('/v1/datasets/:name/versions', async (req) => {
     const p = await auth(req);
     const { name } = parseInput(z.strictObject({ name: datasetNameParam }), req.params, 'route');
-    const { limit } = parseInput(z.strictObject({ limit: z.coerce.number().int().min(1).max(1000).default(100) }), req.query ?? {}, 'query string');
+    const { limit } = parseInput(datasetVersionsQuery, req.query ?? {}, 'query string');
     const v = await datasetVersions(deps.state, p, name, limit);
     if (!v) throw notFound(`no dataset named ${name}`, 'DATASET_NOT_FOUND');
     return { name, ...v };
