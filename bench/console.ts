@@ -7,36 +7,14 @@
  */
 import { silentLogger } from '../src/core/log.js';
 import { startPlatform } from '../test/support/platform.js';
-import { deploy } from '../test/support/drive.js';
+import { deploy, twoJobDag } from '../test/support/drive.js';
 import { percentile, report, round } from './util.js';
 
 const TASKS = Number(process.env.TRACE_BENCH_CONSOLE_TASKS ?? 10_000);
 const VERSIONS = Number(process.env.TRACE_BENCH_CONSOLE_VERSIONS ?? 1_000);
 const LOADS = Number(process.env.TRACE_BENCH_CONSOLE_LOADS ?? 30);
 
-const DAG = `name: cb
-jobs:
-  - name: src
-    activation: source
-    runtime: ecs_platform
-    operator: noop
-    source: { kind: manual }
-    outputs: 1
-  - name: down
-    activation: reactive
-    runtime: ecs_platform
-    operator: noop
-    execution_strategy: PerUpdate
-    inputs:
-      - from: { job: src, output: 0 }
-    outputs: 1
-    update_strategy: replace
-publish:
-  cb_src:
-    from: { job: src, output: 0 }
-  cb_down:
-    from: { job: down, output: 0 }
-`;
+const DAG = twoJobDag({ name: 'cb', srcOp: 'noop', publish: true });
 
 const SEED_TASKS = `
 WITH t AS (

@@ -9,36 +9,14 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { startPlatform, waitFor, type TestPlatform } from '../support/platform.js';
-import { claimOk, deploy, taskCall, trigger } from '../support/drive.js';
+import { claimOk, deploy, taskCall, trigger, twoJobDag } from '../support/drive.js';
 import { FileObjectStore } from '../../src/objectstore/file.js';
 import { writeParquet } from '../query/support.js';
 import { mintDevUserToken } from '../../src/auth/user.js';
 import { ensureUser } from '../../src/dispatcher/identity.js';
 import { TEST_USER_SECRET, addOtherOrg } from './support.js';
 
-const DAG = (extra = '') => `name: lineage
-jobs:
-  - name: src
-    activation: source
-    runtime: ecs_platform
-    operator: noop
-    source: { kind: manual }
-    outputs: 1
-  - name: down
-    activation: reactive
-    runtime: ecs_platform
-    operator: noop
-    execution_strategy: PerUpdate
-    inputs:
-      - from: { job: src, output: 0 }
-    outputs: 1
-    update_strategy: replace${extra}
-publish:
-  lineage_src:
-    from: { job: src, output: 0 }
-  lineage_down:
-    from: { job: down, output: 0 }
-`;
+const DAG = (downExtra = '') => twoJobDag({ name: 'lineage', srcOp: 'noop', downExtra, publish: true });
 
 describe('user routes for DAG versions and dataset lineage', () => {
   let p: TestPlatform;

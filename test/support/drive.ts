@@ -55,7 +55,13 @@ export async function trigger(p: TestPlatform, dag: string, job: string, body: R
 }
 
 /** A two-job DAG of test operators: a manual source feeding a reactive job. */
-export function twoJobDag(opts: { name?: string; srcOp?: string; srcConfig?: Record<string, unknown>; downOp?: string; downConfig?: Record<string, unknown>; maxAttempts?: number; maxConcurrency?: number } = {}): string {
+export function twoJobDag(opts: {
+  name?: string; srcOp?: string; srcConfig?: Record<string, unknown>; downOp?: string; downConfig?: Record<string, unknown>; maxAttempts?: number; maxConcurrency?: number;
+  /** More YAML lines for the `down` job (each starting with a newline and four spaces). */
+  downExtra?: string;
+  /** Publishes `<name>_src` and `<name>_down`, the outputs of both jobs. */
+  publish?: boolean;
+} = {}): string {
   const cfg = (c: Record<string, unknown> | undefined) => (c ? `\n    config: ${JSON.stringify(c)}` : '');
   return `name: ${opts.name ?? 'life'}
 jobs:
@@ -74,6 +80,6 @@ jobs:
     inputs:
       - from: { job: src, output: 0 }
     outputs: 1
-    update_strategy: replace${cfg(opts.downConfig)}
-`;
+    update_strategy: replace${cfg(opts.downConfig)}${opts.downExtra ?? ''}
+${opts.publish ? `publish:\n  ${opts.name ?? 'life'}_src:\n    from: { job: src, output: 0 }\n  ${opts.name ?? 'life'}_down:\n    from: { job: down, output: 0 }\n` : ''}`;
 }
