@@ -93,6 +93,16 @@ describe('user routes for DAG versions and dataset lineage', () => {
     assert.equal(r.body.versions.filter((v: { current: boolean }) => v.current).length <= 1, true);
   });
 
+  it('the console\'s dataset page shows the partition, the task that produced it and that task\'s inputs', async () => {
+    const res = await fetch(`${p.info.gateway_url}/console/datasets/lineage_down`, { headers: { authorization: `Bearer ${member}` } });
+    assert.equal(res.status, 200);
+    const page = await res.text();
+    assert.match(page, /<td class="mono">0-100<\/td>/, 'the partition');
+    assert.ok(page.includes(`href="/console/tasks/${downTask}"`), 'a link to the producing task');
+    assert.match(page, /lineage\.down \(attempt 1\)/);
+    assert.ok(page.includes('href="/console/datasets/lineage_src"'), 'the input it read, linked');
+  });
+
   it('refuses bad names and unknown datasets in the stable error shape', async () => {
     const bad = await gw('/v1/datasets/Bad-Name/versions', member);
     assert.equal(bad.status, 400);
