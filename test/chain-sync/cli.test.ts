@@ -6,22 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BACKENDS, freshDbs } from '../support/db.js';
 import { chainSyncApply, chainSyncPause, chainSyncResume, chainSyncStatus, renderStatus, runStatus } from '../../src/cli/commands/chain-sync.js';
-import { parseCommandArgs, type Command } from '../../src/cli/args.js';
-import { fixedYaml, startStack, waitFor } from './support.js';
+import { fixedYaml, startStack, runCommand as run, waitFor } from './support.js';
 
 const backend = BACKENDS.includes('pglite') ? 'pglite' : 'postgres';
-
-async function run(cmd: Command, argv: string[]): Promise<string> {
-  const chunks: string[] = [];
-  const orig = process.stdout.write.bind(process.stdout);
-  (process.stdout as { write: unknown }).write = (s: string | Uint8Array) => { chunks.push(String(s)); return true; };
-  try {
-    await cmd.run(parseCommandArgs(cmd, argv));
-  } finally {
-    (process.stdout as { write: unknown }).write = orig;
-  }
-  return chunks.join('');
-}
 
 test(`${backend}: the chain-sync CLI applies, shows progress bars, watches, pauses and resumes`, async () => {
   const dbs = await freshDbs(backend);

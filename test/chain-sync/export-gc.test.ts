@@ -24,23 +24,10 @@ import { listen } from '../../src/core/http.js';
 import { silentLogger } from '../../src/core/log.js';
 import { newId } from '../../src/core/ids.js';
 import { datasetPrefix } from '../../src/operators/cryo_ingest/payload.js';
-import { parseCommandArgs, type Command } from '../../src/cli/args.js';
 import { datasetsExport, gcCmd } from '../../src/cli/commands/export.js';
-import { count, currentFiles, duck, fileList, followYaml, sleep, startDevChain, startStack, waitFor } from './support.js';
+import { count, currentFiles, duck, fileList, followYaml, sleep, startDevChain, startStack, runCommand as run, waitFor } from './support.js';
 
 const backend = BACKENDS.includes('pglite') ? 'pglite' : 'postgres';
-
-async function run(cmd: Command, argv: string[]): Promise<string> {
-  const chunks: string[] = [];
-  const orig = process.stdout.write.bind(process.stdout);
-  (process.stdout as { write: unknown }).write = (s: string | Uint8Array) => { chunks.push(String(s)); return true; };
-  try {
-    await cmd.run(parseCommandArgs(cmd, argv));
-  } finally {
-    (process.stdout as { write: unknown }).write = orig;
-  }
-  return chunks.join('');
-}
 
 const CRYO_NAME = /^network_1337__(blocks|logs)__(\d{8})_to_(\d{8})\.parquet$/;
 const BLOCK_ROWS = (files: string) => `SELECT block_number::BIGINT AS n, lower(hex(block_hash)) AS h FROM read_parquet(${files}) ORDER BY n`;

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DuckDBInstance } from '@duckdb/node-api';
 import type { Db } from '../../src/db/db.js';
+import { parseCommandArgs, type Command } from '../../src/cli/args.js';
 import { PgQueue } from '../../src/queue/pgqueue.js';
 import { createCapabilityIssuer } from '../../src/auth/capability.js';
 import { mintDevUserToken } from '../../src/auth/user.js';
@@ -379,4 +380,17 @@ export async function runOperator(op: Operator, l: Lease): Promise<any> {
 
 export async function count(state: Db, sql: string, params: unknown[] = []): Promise<number> {
   return Number(((await state.query<{ n: number }>(sql, params)).rows[0]!).n);
+}
+
+/** Runs a CLI command in this process and returns what it wrote to stdout. */
+export async function runCommand(cmd: Command, argv: string[]): Promise<string> {
+  const chunks: string[] = [];
+  const orig = process.stdout.write.bind(process.stdout);
+  (process.stdout as { write: unknown }).write = (s: string | Uint8Array) => { chunks.push(String(s)); return true; };
+  try {
+    await cmd.run(parseCommandArgs(cmd, argv));
+  } finally {
+    (process.stdout as { write: unknown }).write = orig;
+  }
+  return chunks.join('');
 }
