@@ -152,13 +152,15 @@ jobs:
   });
 
   test(`${backend}: an expired lease is reaped; the late reply counts until a newer attempt starts`, async () => {
-    const p = await startPlatform(backend, { workers: 0 });
+    // A 5 s lease held by hand with no heartbeats: long enough that the fresh attempt below cannot
+    // expire between its claim and its completion on a loaded machine, short enough to wait out.
+    const p = await startPlatform(backend, { workers: 0, settings: { leaseSeconds: 5 } });
     try {
       await deploy(p, twoJobDag({ name: 'leases' }));
       // Late but still current: accepted.
       const id1 = await trigger(p, 'leases', 'src');
       const a = await claimOk(p, id1, 'silent');
-      await waitFor('reaped', async () => (await taskRow(p, id1)).status === 'Failed', 10_000);
+      await waitFor('reaped', async () => (await taskRow(p, id1)).status === 'Failed', 60_000);
       const hist = await p.dbs.state.query<{ status: string }>(`SELECT status FROM task_attempts WHERE task_id = $1`, [id1]);
       assert.equal(hist.rows[0]!.status, 'TimedOut');
       // The retry scheduler may requeue it any moment; complete right away.
@@ -172,7 +174,7 @@ jobs:
       // A newer attempt started: the old one is fenced out.
       const id2 = await trigger(p, 'leases', 'src');
       const old = await claimOk(p, id2, 'silent');
-      await waitFor('attempt 2 queued', async () => { const r = await taskRow(p, id2); return r.attempt === 2 && r.status === 'Queued'; }, 10_000);
+      await waitFor('attempt 2 queued', async () => { const r = await taskRow(p, id2); return r.attempt === 2 && r.status === 'Queued'; }, 60_000);
       const fresh = await claimOk(p, id2, 'fresh');
       const stale = await taskCall(p, 'complete', old, { status: 'Completed' });
       assert.equal(stale.status, 403);

@@ -62,7 +62,9 @@ for (const backend of BACKENDS) {
   });
 
   test(`${backend}: an infrastructure release waits with waiting_on and retries without counting`, async () => {
-    const p = await startPlatform(backend, { workers: 0, settings: { leaseSeconds: 60, infraRetryBaseMs: 200, infraRetryMaxMs: 400 } });
+    // The retry waits 2.5-7.5 s: long enough that the Failed/waiting_on state below is still there to
+    // read on a loaded machine, so the test does not race the retry scheduler.
+    const p = await startPlatform(backend, { workers: 0, settings: { leaseSeconds: 60, infraRetryBaseMs: 5_000, infraRetryMaxMs: 5_000 } });
     try {
       await deploy(p, twoJobDag({ name: 'infra', maxAttempts: 1 }));
       const id = await trigger(p, 'infra', 'src');
@@ -84,7 +86,7 @@ for (const backend of BACKENDS) {
       assert.equal(view.body.uncounted_attempts, 1);
       assert.equal(view.body.attempts[0].status, 'Released');
       // The retry scheduler requeues it (attempt 2, waiting_on cleared) and it can finish.
-      await waitFor('requeued', async () => (await counters(p, id)).status === 'Queued', 10_000);
+      await waitFor('requeued', async () => (await counters(p, id)).status === 'Queued', 60_000);
       assert.equal((await counters(p, id)).waiting_on, null);
       const b = await claimOk(p, id, 'w2');
       assert.equal(b.attempt, 2);
@@ -149,7 +151,7 @@ for (const backend of BACKENDS) {
       for (let i = 0; i < 2; i++) {
         const a = await claimOk(p, id, `w${i}`);
         assert.equal((await release(p, a, { reason: 'infrastructure', dependency: 'queue' }, w)).status, 200);
-        await waitFor('requeued', async () => (await counters(p, id)).status === 'Queued', 10_000);
+        await waitFor('requeued', async () => (await counters(p, id)).status === 'Queued', 60_000);
       }
       const a = await claimOk(p, id, 'w-last');
       const r = await release(p, a, { reason: 'infrastructure', dependency: 'queue' }, w);
