@@ -11,6 +11,7 @@
  * its message invisible meanwhile), then ack. Workers are dumb: retries, scheduling and recovery belong to the Dispatcher, and the
  * queue is only a wake-up (a lost or duplicated message is harmless; the lease decides).
  */
+import { setMaxListeners } from 'node:events';
 import { z } from 'zod';
 import { DEFAULT_SHUTDOWN_GRACE_SECONDS } from '../core/config.js';
 import type { Logger } from '../core/log.js';
@@ -81,6 +82,9 @@ export function startWorker(opts: WorkerOptions): WorkerHandle {
 
   const receiveAbort = new AbortController();
   const shutdownAbort = new AbortController();
+  // Every running task listens for shutdown on this one signal (and its lease retries may add
+  // one more each), so `concurrency` tasks are expected listeners, not a leak.
+  setMaxListeners(Math.max(10, concurrency * 3), shutdownAbort.signal);
   const inflight = new Set<Promise<void>>();
   let slotWaiter: (() => void) | undefined;
   let stopping = false;
