@@ -98,8 +98,8 @@ const jsonVersions = (table: string, column: string) => `
   WHERE jsonb_typeof(e) = 'object' AND e->>'dataset_version' ~ ${UUID_TEXT}`;
 
 // Versions something names: current pointers, deploys' pointer sets (rollback), jobs' outputs,
-// tasks' inputs (open tasks read them; finished ones are lineage), chain sync ledger rows,
-// cursors and invalidations. $1 retention, $2 versions kept per dataset, $3 limit.
+// tasks' inputs (open tasks read them; finished ones are lineage), chain sync ledger rows (and
+// the publication of a range whose commit is pending), cursors and invalidations. $1 retention, $2 versions kept per dataset, $3 limit.
 const VERSIONS_DUE = `
 WITH named AS (
   SELECT current_version AS id FROM datasets WHERE current_version IS NOT NULL
@@ -109,6 +109,11 @@ WITH named AS (
   UNION SELECT input_dataset_version FROM task_inputs WHERE input_dataset_version IS NOT NULL
   UNION SELECT dataset_version FROM chain_sync_scheduled_ranges WHERE dataset_version IS NOT NULL
   UNION SELECT dataset_version FROM chain_sync_compactions WHERE dataset_version IS NOT NULL
+  -- the publication a completed range or compaction task registered, while its commit is pending
+  UNION SELECT v.id FROM dataset_versions v JOIN chain_sync_streams s ON s.dataset_uuid = v.dataset_uuid
+    JOIN (SELECT job_id, dataset_key, range_start, range_end FROM chain_sync_scheduled_ranges WHERE status = 'scheduled'
+          UNION ALL SELECT job_id, dataset_key, range_start, range_end FROM chain_sync_compactions WHERE status = 'scheduled') r
+      ON r.job_id = s.job_id AND r.dataset_key = s.dataset_key AND r.range_start = v.range_start AND r.range_end = v.range_end
   UNION SELECT dataset_version FROM dataset_cursors
   UNION SELECT dataset_version FROM data_invalidations
 ), ranked AS (

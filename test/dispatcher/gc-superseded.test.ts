@@ -189,6 +189,10 @@ for (const backend of BACKENDS) {
       for (const [s, e] of [[0, 5], [5, 10], [10, 15]] as const) await range('logs', logs, s, e, 'completed');
       await compaction('logs', logs, 0, 10, 'completed', 0);
       await compaction('logs', logs, 10, 20, 'abandoned', 0);
+      // The publication the completion of [30,35) registered, its commit pending: named by the range.
+      const pendingPub = newId();
+      await db.query(`INSERT INTO dataset_versions (id, dataset_uuid, config_hash, range_start, range_end, created_at) VALUES ($1, $2, 'pending', 30, 35, now() - interval '99 days')`,
+        [pendingPub, blocks]);
       // the views: each stream's current version
       for (const ds of [blocks, logs]) await db.query(`UPDATE datasets SET current_version = $2 WHERE id = $1`, [ds, await version(ds, 1)]);
 
@@ -229,6 +233,7 @@ for (const backend of BACKENDS) {
       const left = (await snapshot()).versions;
       for (const k of ['blocks:0', 'blocks:5', 'blocks:20']) assert.ok(!left.includes(rangeVersions.get(k)!));
       for (const k of ['blocks:10', 'blocks:25', 'logs:0', 'logs:5', 'logs:10']) assert.ok(left.includes(rangeVersions.get(k)!));
+      assert.ok(left.includes(pendingPub), 'the publication of a range whose commit is pending stays');
       const third = await runGc(db, settings, [], { dryRun: false, log: silentLogger });
       assert.deepEqual(counts(third), { chain_sync_ranges: 0, chain_sync_compactions: 0, partition_versions: 0, dataset_versions: 0 });
 
