@@ -117,23 +117,23 @@ WITH named AS (
   UNION SELECT dataset_version FROM dataset_cursors
   UNION SELECT dataset_version FROM data_invalidations
 ), ranked AS (
-  SELECT v.id, v.created_at, row_number() OVER w AS rank, lag(v.created_at) OVER w AS superseded_at
+  SELECT v.id, v.dataset_uuid, v.created_at, row_number() OVER w AS rank, lag(v.created_at) OVER w AS superseded_at
   FROM dataset_versions v
   WINDOW w AS (PARTITION BY v.dataset_uuid ORDER BY v.created_at DESC, v.id DESC)
 )
-SELECT r.id, r.created_at FROM ranked r
+SELECT r.id, r.dataset_uuid, r.created_at FROM ranked r
 WHERE r.rank > $2 AND r.superseded_at < now() - make_interval(secs => $1)
   AND NOT EXISTS (SELECT 1 FROM named n WHERE n.id = r.id)`;
 const PARTITIONS_DUE = `
 SELECT p.dataset_uuid, p.dataset_version, p.partition_key FROM partition_versions p
-WHERE p.dataset_version IN (SELECT id FROM (${VERSIONS_DUE}) d)
+WHERE (p.dataset_uuid, p.dataset_version) IN (SELECT dataset_uuid, id FROM (${VERSIONS_DUE}) d)
 ORDER BY p.dataset_version, p.partition_key LIMIT $3`;
 const DELETE_PARTITIONS = `DELETE FROM partition_versions WHERE (dataset_uuid, dataset_version, partition_key) IN (${PARTITIONS_DUE})`;
 const COUNT_PARTITIONS = `SELECT count(*)::int AS n FROM (${PARTITIONS_DUE}) x`;
 const DELETE_VERSIONS = `
 DELETE FROM dataset_versions WHERE id IN (
   SELECT d.id FROM (${VERSIONS_DUE}) d
-  WHERE NOT EXISTS (SELECT 1 FROM partition_versions p WHERE p.dataset_version = d.id)
+  WHERE NOT EXISTS (SELECT 1 FROM partition_versions p WHERE p.dataset_uuid = d.dataset_uuid AND p.dataset_version = d.id)
   ORDER BY d.created_at, d.id LIMIT $3)`;
 // A dry run removes no partition rows first: it counts the versions whose rows it would remove.
 const COUNT_VERSIONS = `SELECT count(*)::int AS n FROM (SELECT d.id FROM (${VERSIONS_DUE}) d ORDER BY d.created_at, d.id LIMIT $3) x`;
