@@ -11,9 +11,21 @@
  *   views and orphaned staging; see chain-sync/gc.ts). A collector never removes an object the
  *   current version of any dataset, or a queued, running or retrying task, references.
  *
- * One pass removes at most `gcBatch` rows and objects in all (rows first, in the order above,
- * then objects); what is left goes in the next pass. A dry run counts and lists the same things
- * and changes nothing.
+ * - Consumed buffer batches (`buffers/{task_id}/{attempt}/`) the sink committed, through the
+ *   collector of buffer-gc.ts; a batch still pending stays.
+ * - Superseded version and ledger rows, after the objects (whose collectors read them):
+ *   dataset versions that are not among the newest `gcKeepVersions` of their dataset, were
+ *   superseded (a newer version was created) longer than `gcSupersededRetentionSeconds` ago,
+ *   are not current and that nothing names (a deploy's pointer set, a job's outputs, the inputs
+ *   of any task, a chain sync ledger row, a cursor, an invalidation), with their
+ *   `partition_versions` rows (those first; a version goes once it has none left); then chain
+ *   sync ledger ranges a completed compaction replaced that long ago (never the last committed
+ *   range of a stream nor one next to a range still in flight), and compactions abandoned that
+ *   long ago. A version only a removed range named goes in the next pass.
+ *
+ * One pass removes at most `gcBatch` rows and objects in all (in the order above); what is left
+ * goes in the next pass. A dry run counts and lists the same things and changes nothing (a dry
+ * run counts each kind on its own, so when the batch stops a pass the counts can differ).
  */
 import { isAbsolute, relative, sep } from 'node:path';
 import type { Db } from '../db/db.js';
@@ -51,12 +63,90 @@ ORDER BY e.id LIMIT $2`;
 const DELETE_EVENTS = `DELETE FROM task_events WHERE id IN (${EVENTS_DUE})`;
 const COUNT_EVENTS = `SELECT count(*)::int AS n FROM (${EVENTS_DUE}) x`;
 
+// Ledger ranges a completed compaction replaced (the view lists the compaction's files instead),
+// kept while they are the last committed range of their stream (the committed top the identity
+// checks compare with) or next to a range still in flight (its neighbour check reads them).
+const RANGES_DUE = `
+SELECT r.job_id, r.dataset_key, r.range_start FROM chain_sync_scheduled_ranges r
+JOIN LATERAL (
+  SELECT c.range_end, c.completed_at FROM chain_sync_compactions c
+  WHERE c.job_id = r.job_id AND c.dataset_key = r.dataset_key AND c.status = 'completed' AND c.range_start <= r.range_start
+  ORDER BY c.range_start DESC LIMIT 1
+) c ON c.range_end >= r.range_end
+WHERE r.status = 'completed' AND c.completed_at < now() - make_interval(secs => $1)
+  AND r.range_end < (SELECT max(x.range_end) FROM chain_sync_scheduled_ranges x
+                     WHERE x.job_id = r.job_id AND x.dataset_key = r.dataset_key AND x.status = 'completed')
+  AND NOT EXISTS (SELECT 1 FROM chain_sync_scheduled_ranges x
+                  WHERE x.job_id = r.job_id AND x.dataset_key = r.dataset_key AND x.status = 'scheduled'
+                    AND (x.range_start = r.range_end OR x.range_end = r.range_start))
+ORDER BY r.job_id, r.dataset_key, r.range_start LIMIT $2`;
+const DELETE_RANGES = `DELETE FROM chain_sync_scheduled_ranges WHERE (job_id, dataset_key, range_start) IN (${RANGES_DUE})`;
+const COUNT_RANGES = `SELECT count(*)::int AS n FROM (${RANGES_DUE}) x`;
+
+// Compactions whose task gave up: the small ranges kept serving the window.
+const COMPACTIONS_DUE = `
+SELECT c.job_id, c.dataset_key, c.range_start FROM chain_sync_compactions c
+WHERE c.status = 'abandoned' AND c.updated_at < now() - make_interval(secs => $1)
+ORDER BY c.job_id, c.dataset_key, c.range_start LIMIT $2`;
+const DELETE_COMPACTIONS = `DELETE FROM chain_sync_compactions WHERE (job_id, dataset_key, range_start) IN (${COMPACTIONS_DUE})`;
+const COUNT_COMPACTIONS = `SELECT count(*)::int AS n FROM (${COMPACTIONS_DUE}) x`;
+
+const UUID_TEXT = `'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'`;
+const jsonVersions = (table: string, column: string) => `
+  SELECT (e->>'dataset_version')::uuid FROM ${table} x
+  CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(x.${column}) = 'array' THEN x.${column} ELSE '[]'::jsonb END) e
+  WHERE jsonb_typeof(e) = 'object' AND e->>'dataset_version' ~ ${UUID_TEXT}`;
+
+// Versions something names: current pointers, deploys' pointer sets (rollback), jobs' outputs,
+// tasks' inputs (open tasks read them; finished ones are lineage), chain sync ledger rows (and
+// the publication of a range whose commit is pending), cursors and invalidations. $1 retention, $2 versions kept per dataset, $3 limit.
+const VERSIONS_DUE = `
+WITH named AS (
+  SELECT current_version AS id FROM datasets WHERE current_version IS NOT NULL
+  UNION SELECT dataset_version FROM dag_version_datasets
+  UNION ${jsonVersions('jobs', 'outputs')}
+  UNION ${jsonVersions('tasks', 'inputs')}
+  UNION SELECT input_dataset_version FROM task_inputs WHERE input_dataset_version IS NOT NULL
+  UNION SELECT dataset_version FROM chain_sync_scheduled_ranges WHERE dataset_version IS NOT NULL
+  UNION SELECT dataset_version FROM chain_sync_compactions WHERE dataset_version IS NOT NULL
+  -- the publication a completed range or compaction task registered, while its commit is pending
+  UNION SELECT v.id FROM dataset_versions v JOIN chain_sync_streams s ON s.dataset_uuid = v.dataset_uuid
+    JOIN (SELECT job_id, dataset_key, range_start, range_end FROM chain_sync_scheduled_ranges WHERE status = 'scheduled'
+          UNION ALL SELECT job_id, dataset_key, range_start, range_end FROM chain_sync_compactions WHERE status = 'scheduled') r
+      ON r.job_id = s.job_id AND r.dataset_key = s.dataset_key AND r.range_start = v.range_start AND r.range_end = v.range_end
+  UNION SELECT dataset_version FROM dataset_cursors
+  UNION SELECT dataset_version FROM data_invalidations
+), ranked AS (
+  SELECT v.id, v.dataset_uuid, v.created_at, row_number() OVER w AS rank, lag(v.created_at) OVER w AS superseded_at
+  FROM dataset_versions v
+  WINDOW w AS (PARTITION BY v.dataset_uuid ORDER BY v.created_at DESC, v.id DESC)
+)
+SELECT r.id, r.dataset_uuid, r.created_at FROM ranked r
+WHERE r.rank > $2 AND r.superseded_at < now() - make_interval(secs => $1)
+  AND NOT EXISTS (SELECT 1 FROM named n WHERE n.id = r.id)`;
+const PARTITIONS_DUE = `
+SELECT p.dataset_uuid, p.dataset_version, p.partition_key FROM partition_versions p
+WHERE (p.dataset_uuid, p.dataset_version) IN (SELECT dataset_uuid, id FROM (${VERSIONS_DUE}) d)
+ORDER BY p.dataset_version, p.partition_key LIMIT $3`;
+const DELETE_PARTITIONS = `DELETE FROM partition_versions WHERE (dataset_uuid, dataset_version, partition_key) IN (${PARTITIONS_DUE})`;
+const COUNT_PARTITIONS = `SELECT count(*)::int AS n FROM (${PARTITIONS_DUE}) x`;
+const DELETE_VERSIONS = `
+DELETE FROM dataset_versions WHERE id IN (
+  SELECT d.id FROM (${VERSIONS_DUE}) d
+  WHERE NOT EXISTS (SELECT 1 FROM partition_versions p WHERE p.dataset_uuid = d.dataset_uuid AND p.dataset_version = d.id)
+  ORDER BY d.created_at, d.id LIMIT $3)`;
+// A dry run removes no partition rows first: it counts the versions whose rows it would remove.
+const COUNT_VERSIONS = `SELECT count(*)::int AS n FROM (SELECT d.id FROM (${VERSIONS_DUE}) d ORDER BY d.created_at, d.id LIMIT $3) x`;
+
 /** One object a collector removes (or would remove). */
 export interface GcObject {
   key: string;
   bytes: number;
-  /** `superseded` (replaced by a compaction, or a view no longer current) or `staging` (never committed). */
-  reason: 'superseded' | 'staging';
+  /**
+   * `superseded` (replaced by a compaction, or a view no longer current), `staging` (never
+   * committed) or `consumed` (a buffer batch the sink committed).
+   */
+  reason: 'superseded' | 'staging' | 'consumed';
 }
 
 export interface GcCollectorArgs {
@@ -77,21 +167,27 @@ export interface GcCollector {
 export interface GcReport {
   dry_run: boolean;
   /** Rows removed (or that would be), per table. */
-  rows: { outbox: number; task_attempts: number; task_events: number };
+  rows: {
+    outbox: number; task_attempts: number; task_events: number;
+    chain_sync_ranges: number; chain_sync_compactions: number; partition_versions: number; dataset_versions: number;
+  };
   /** Objects removed (or that would be), per reason. */
-  objects: { superseded: number; staging: number; bytes: number };
+  objects: { superseded: number; staging: number; consumed: number; bytes: number };
   /** The objects themselves (store keys). */
   object_keys: GcObject[];
   /** True when the batch limit stopped the pass (run it again for the rest). */
   truncated: boolean;
   retention_seconds: { superseded: number; staging: number; outbox: number; task_history: number };
   batch: number;
+  /** Dataset versions kept per dataset however old (besides the current one). */
+  keep_versions: number;
 }
 
-async function rows(db: Db, dryRun: boolean, del: string, cnt: string, secs: number, limit: number): Promise<number> {
+async function rows(db: Db, dryRun: boolean, del: string, cnt: string, secs: number, limit: number, extra: unknown[] = []): Promise<number> {
   if (limit <= 0) return 0;
-  if (dryRun) return (await db.query<{ n: number }>(cnt, [secs, limit])).rows[0]!.n;
-  return (await db.query(del, [secs, limit])).rowCount ?? 0;
+  const params = extra.length > 0 ? [secs, ...extra, limit] : [secs, limit];
+  if (dryRun) return (await db.query<{ n: number }>(cnt, params)).rows[0]!.n;
+  return (await db.query(del, params)).rowCount ?? 0;
 }
 
 /** Runs one pass (see the header). */
@@ -112,12 +208,28 @@ export async function runGc(db: Db, settings: DispatcherSettings, collectors: re
     objects.push(...got);
     left -= got.length;
   }
+  // Versions before the ledger rows that name them: a version a range removed now names goes
+  // in the next pass, so a dry run lists what the pass removes.
+  const sup = settings.gcSupersededRetentionSeconds;
+  const keep = [settings.gcKeepVersions];
+  const partitions = await rows(db, dryRun, DELETE_PARTITIONS, COUNT_PARTITIONS, sup, left, keep);
+  left -= partitions;
+  const versions = await rows(db, dryRun, DELETE_VERSIONS, COUNT_VERSIONS, sup, left, keep);
+  left -= versions;
+  const ranges = await rows(db, dryRun, DELETE_RANGES, COUNT_RANGES, sup, left);
+  left -= ranges;
+  const compactions = await rows(db, dryRun, DELETE_COMPACTIONS, COUNT_COMPACTIONS, sup, left);
+  left -= compactions;
   const report: GcReport = {
     dry_run: dryRun,
-    rows: { outbox, task_attempts: attempts, task_events: events },
+    rows: {
+      outbox, task_attempts: attempts, task_events: events,
+      chain_sync_ranges: ranges, chain_sync_compactions: compactions, partition_versions: partitions, dataset_versions: versions,
+    },
     objects: {
       superseded: objects.filter((o) => o.reason === 'superseded').length,
       staging: objects.filter((o) => o.reason === 'staging').length,
+      consumed: objects.filter((o) => o.reason === 'consumed').length,
       bytes: objects.reduce((a, o) => a + o.bytes, 0),
     },
     object_keys: objects,
@@ -129,8 +241,9 @@ export async function runGc(db: Db, settings: DispatcherSettings, collectors: re
       task_history: settings.gcTaskHistoryRetentionSeconds,
     },
     batch,
+    keep_versions: settings.gcKeepVersions,
   };
-  const removed = outbox + attempts + events + objects.length;
+  const removed = outbox + attempts + events + objects.length + ranges + compactions + partitions + versions;
   if (removed > 0) {
     log.info({ dry_run: dryRun, rows: report.rows, objects: report.objects, truncated: report.truncated }, dryRun ? 'gc dry run' : 'gc pass');
   }

@@ -22,6 +22,7 @@ import { deriveUploadSecret, udfPlugin, UdfExecutor, withAttemptScopes, StsCrede
 import { alertingPlugin, alertEvaluateContext, createAlertRouteStore } from '../alerting/index.js';
 import { allowHttpLoopbackFromEnv } from '../delivery/net/index.js';
 import { chainSyncPlugin } from './chain-sync/index.js';
+import { bufferGcPlugin } from './buffer-gc.js';
 import { sandboxConfigFromEnv, UdfSandbox } from '../udf/sandbox/index.js';
 
 /**
@@ -110,6 +111,7 @@ export async function runDispatcherProcess(
     }),
     alertingPlugin({ data, allowHttpLoopback: allowHttpLoopbackFromEnv(penv) }),
     chainSyncPlugin({ objectStore: store }),
+    bufferGcPlugin({ data, getStore: () => store }),
   ]);
   self.dispatcher = d;
   await d.start({ host: opts.host ?? '127.0.0.1', port: opts.port ?? DEFAULT_PORTS.dispatcher });

@@ -47,6 +47,11 @@ export interface DispatcherSettings {
   gcTaskHistoryRetentionSeconds: number;
   /** Rows and objects one pass removes at most. */
   gcBatch: number;
+  /**
+   * Dataset versions gc keeps per dataset however old: the newest this many (the current one is
+   * always kept besides), so the previous version stays for a rollback. At least 1.
+   */
+  gcKeepVersions: number;
   /** How often the reconcile loop looks for recorded events that were never routed. */
   reconcileIntervalMs: number;
   /** An event is reconciled only once it is this old (the outbox routes it first, normally). */
@@ -78,6 +83,7 @@ export function defaultSettings(overrides: Partial<DispatcherSettings> = {}): Di
     gcOutboxRetentionSeconds: 7 * 86_400,
     gcTaskHistoryRetentionSeconds: 30 * 86_400,
     gcBatch: 10_000,
+    gcKeepVersions: 2,
     reconcileIntervalMs: 60_000,
     reconcileGraceSeconds: 30,
     reconcileLookbackSeconds: 86_400,
@@ -109,6 +115,7 @@ export function dispatcherSettingsFromEnv(env: NodeJS.ProcessEnv): Partial<Dispa
   const v = intFromEnv(env, 'TRACE_GC_INTERVAL_MS', d.gcIntervalMs, { min: 0, max: 86_400_000 });
   if (v !== d.gcIntervalMs) out.gcIntervalMs = v;
   set('gcBatch', 'TRACE_GC_BATCH', 1, 1_000_000);
+  set('gcKeepVersions', 'TRACE_GC_KEEP_VERSIONS', 1, 1_000_000);
   const dur = <K extends keyof DispatcherSettings>(key: K, name: string) => {
     const s = durationSecondsFromEnv(env, name, d[key]);
     if (s !== d[key]) out[key] = s as DispatcherSettings[K];

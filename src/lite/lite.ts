@@ -41,6 +41,7 @@ import { sinkMetrics } from '../sink/metrics.js';
 import { deliveryMetrics } from '../delivery/service/metrics.js';
 import { workerMetrics } from '../worker/metrics.js';
 import { liteListeners, type LitePorts } from './listeners.js';
+import { bufferGcPlugin } from '../dispatcher/buffer-gc.js';
 
 export interface LiteOptions {
   home?: string;
@@ -241,6 +242,7 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
       udfPlugin({ store, publicUrl: () => self.dispatcher?.url ?? self.url!, uploadSecret }),
       alertingPlugin({ data: dbs.data, allowHttpLoopback: loopback }),
       chainSyncPlugin({ objectStore: store, rpcGatewayUrl: () => rpcGateway.url }),
+      bufferGcPlugin({ data: dbs.data, getStore: () => store }),
     ]);
 
     self.dispatcher = dispatcher;

@@ -19,8 +19,11 @@ interface ExportPlan {
 
 interface GcReport {
   dry_run: boolean;
-  rows: { outbox: number; task_attempts: number; task_events: number };
-  objects: { superseded: number; staging: number; bytes: number };
+  rows: {
+    outbox: number; task_attempts: number; task_events: number;
+    chain_sync_ranges?: number; chain_sync_compactions?: number; partition_versions?: number; dataset_versions?: number;
+  };
+  objects: { superseded: number; staging: number; consumed?: number; bytes: number };
   object_keys: Array<{ key: string; bytes: number; reason: string }>;
   truncated: boolean;
 }
@@ -95,6 +98,12 @@ export const datasetsExport: Command = {
     const name = positionals[0];
     if (!name || positionals.length > 1) throw new UsageError('expected exactly one dataset NAME');
     if (!values.to) throw new UsageError('--to DIR is required');
+    // A URL would otherwise become a relative folder named after it (./s3:/bucket/...).
+    const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(String(values.to));
+    if (scheme) {
+      throw new CliError('EXPORT_DESTINATION_UNSUPPORTED',
+        `--to must be a local folder; ${scheme[1]!.toLowerCase()}:// destinations are not supported (export to a folder, then copy it, e.g. with aws s3 sync)`);
+    }
     const dir = resolve(String(values.to));
     const force = values.force === true;
     const present = await entries(dir);
@@ -136,7 +145,7 @@ export const datasetsExport: Command = {
 
 export const gcCmd: Command = {
   name: 'gc',
-  summary: 'Run one garbage collection pass now (admin): superseded chain sync files, orphaned staging, delivered outbox rows and finished task history past their retention. --dry-run lists what would go and changes nothing.',
+  summary: 'Run one garbage collection pass now (admin): superseded chain sync files, orphaned staging, consumed buffer batches, delivered outbox rows, finished task history, replaced chain sync ledger rows and old dataset versions past their retention. --dry-run lists what would go and changes nothing.',
   usage: 'trace gc [--dry-run] [--json]',
   options: { 'dry-run': { type: 'boolean' }, json: { type: 'boolean' } },
   async run({ values, positionals }) {
@@ -145,8 +154,11 @@ export const gcCmd: Command = {
     const r = await api<GcReport>(await resolveTarget(), 'POST', '/v1/gc', { dry_run: dryRun });
     if (values.json) return void json(r);
     const verb = dryRun ? 'would remove' : 'removed';
-    let text = `${verb} ${plural(r.objects.superseded, 'superseded object')}, ${plural(r.objects.staging, 'staging object')} (${r.objects.bytes} bytes), ` +
-      `${plural(r.rows.outbox, 'outbox row')}, ${plural(r.rows.task_attempts, 'task attempt')}, ${plural(r.rows.task_events, 'task event')}\n`;
+    let text = `${verb} ${plural(r.objects.superseded, 'superseded object')}, ${plural(r.objects.staging, 'staging object')}, ` +
+      `${plural(r.objects.consumed ?? 0, 'consumed buffer batch object')} (${r.objects.bytes} bytes), ` +
+      `${plural(r.rows.outbox, 'outbox row')}, ${plural(r.rows.task_attempts, 'task attempt')}, ${plural(r.rows.task_events, 'task event')}, ` +
+      `${plural(r.rows.chain_sync_ranges ?? 0, 'replaced chain sync range')}, ${plural(r.rows.chain_sync_compactions ?? 0, 'abandoned compaction')}, ` +
+      `${plural(r.rows.dataset_versions ?? 0, 'dataset version')} with ${plural(r.rows.partition_versions ?? 0, 'partition row')}\n`;
     if (dryRun) for (const o of r.object_keys) text += `  ${o.reason.padEnd(10)}  ${o.key}  ${o.bytes}\n`;
     if (r.truncated) text += 'the batch limit was reached; run it again for the rest\n';
     process.stdout.write(text);

@@ -10,6 +10,10 @@
  *   newest object is older than `gcStagingRetentionSeconds`, and whose task will not run again
  *   nor still wait for its commit (a Completed task whose range is still `scheduled`).
  *
+ * - superseded too: the attempt prefixes of a Completed task that owns no ledger range nor
+ *   compaction any more: garbage collection removed its ledger row (a range a compaction
+ *   replaced, past the retention) before its files went (a pinned input kept them).
+ *
  * Committed prefixes that no compaction replaced are never candidates. Every candidate is
  * checked last against what current dataset versions and unfinished tasks reference
  * (`referencedObjects`), and a whole prefix of a task that may still run is never touched.
@@ -44,6 +48,13 @@ SELECT t.id FROM tasks t
 WHERE t.id = ANY($1::uuid[]) AND (NOT ${FINISHED_TASK}
   OR (t.status = 'Completed' AND (EXISTS (SELECT 1 FROM chain_sync_scheduled_ranges r WHERE r.task_id = t.id AND r.status = 'scheduled')
                                  OR EXISTS (SELECT 1 FROM chain_sync_compactions c WHERE c.task_id = t.id AND c.status = 'scheduled'))))`;
+
+// Completed tasks whose ledger range garbage collection removed (it owned no compaction).
+const RANGE_REMOVED = `
+SELECT t.id FROM tasks t
+WHERE t.id = ANY($1::uuid[]) AND t.status = 'Completed'
+  AND NOT EXISTS (SELECT 1 FROM chain_sync_scheduled_ranges r WHERE r.task_id = t.id)
+  AND NOT EXISTS (SELECT 1 FROM chain_sync_compactions c WHERE c.task_id = t.id)`;
 
 const CURRENT_VIEW = `SELECT v.storage_ref ->> 'manifest' AS manifest FROM datasets d JOIN dataset_versions v ON v.id = d.current_version WHERE d.id = $1`;
 
@@ -118,10 +129,12 @@ export function chainSyncGcCollector(getStore: () => ObjectStore): GcCollector {
           groups.set(g, entry);
         }
         const uncommitted = [...groups.keys()].filter((g) => !keep.has(g) && !superseded.has(g));
-        const live = new Set((await db.query<{ id: string }>(LIVE_TASKS, [[...new Set(uncommitted.map((g) => groups.get(g)!.task))]])).rows.map((r) => r.id));
+        const uncommittedTasks = [...new Set(uncommitted.map((g) => groups.get(g)!.task))];
+        const live = new Set((await db.query<{ id: string }>(LIVE_TASKS, [uncommittedTasks])).rows.map((r) => r.id));
+        const removed = new Set((await db.query<{ id: string }>(RANGE_REMOVED, [uncommittedTasks])).rows.map((r) => r.id));
         for (const [g, entry] of groups) {
           let reason: GcObject['reason'];
-          if (superseded.has(g)) reason = 'superseded';
+          if (superseded.has(g) || (!keep.has(g) && removed.has(entry.task))) reason = 'superseded';
           else if (keep.has(g) || live.has(entry.task)) continue;
           else {
             const newest = Math.max(...entry.objects.map((o) => o.lastModified?.getTime() ?? now));

@@ -89,9 +89,22 @@ FROM chain_sync_streams s
 JOIN chain_sync_cursor c ON c.job_id = s.job_id AND c.dataset_key = s.dataset_key
 LEFT JOIN datasets d ON d.id = s.dataset_uuid
 LEFT JOIN LATERAL (
-  SELECT count(*)::int AS committed_ranges, sum(r.range_end - r.range_start)::int8 AS committed_blocks,
-         sum(r.row_count)::int8 AS rows, sum(r.bytes)::int8 AS bytes
-  FROM chain_sync_scheduled_ranges r WHERE r.job_id = s.job_id AND r.dataset_key = s.dataset_key AND r.status = 'completed'
+  -- What the view lists: committed ranges no completed compaction covers, and the compactions
+  -- (counted as the ranges they replaced), so the totals stay when gc removes replaced ledger rows.
+  SELECT sum(u.n)::int AS committed_ranges, sum(u.blocks)::int8 AS committed_blocks, sum(u.rows)::int8 AS rows, sum(u.bytes)::int8 AS bytes
+  FROM (
+    SELECT count(*) AS n, sum(r.range_end - r.range_start) AS blocks, sum(r.row_count) AS rows, sum(r.bytes) AS bytes
+    FROM chain_sync_scheduled_ranges r
+    LEFT JOIN LATERAL (
+      SELECT c.range_end FROM chain_sync_compactions c
+      WHERE c.job_id = r.job_id AND c.dataset_key = r.dataset_key AND c.status = 'completed' AND c.range_start <= r.range_start
+      ORDER BY c.range_start DESC LIMIT 1
+    ) c ON true
+    WHERE r.job_id = s.job_id AND r.dataset_key = s.dataset_key AND r.status = 'completed' AND (c.range_end IS NULL OR r.range_end > c.range_end)
+    UNION ALL
+    SELECT sum(k.replaces), sum(k.range_end - k.range_start), sum(k.row_count), sum(k.bytes)
+    FROM chain_sync_compactions k WHERE k.job_id = s.job_id AND k.dataset_key = s.dataset_key AND k.status = 'completed'
+  ) u
 ) a ON true
 LEFT JOIN LATERAL (
   SELECT sum(r.range_end - r.range_start)::int8 AS blocks, extract(epoch FROM min(r.created_at))::float8 AS first_at
