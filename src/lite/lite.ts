@@ -15,7 +15,7 @@ import { defaultSettings, dispatcherSettingsFromEnv, type DispatcherSettings } f
 import { bootstrapDeployment } from '../dispatcher/identity.js';
 import { InProcessExecutor } from '../dispatcher/executors.js';
 import { startWorker, type WorkerHandle } from '../worker/worker.js';
-import { TaskClient } from '../worker/task-client.js';
+import { workerTaskClient } from '../worker/batching.js';
 import { loadOrCreateSecrets } from './secrets.js';
 import { startQueryService } from './query.js';
 import { queryConfigFromEnv } from '../query/settings.js';
@@ -329,7 +329,8 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
 
     // 2. The loops.
     dispatcher.startLoops();
-    const client = new TaskClient({ baseUrl: dispatcherUrl, workerToken });
+    // The same batched client as `trace worker`, shared by this process's workers.
+    const client = workerTaskClient({ baseUrl: dispatcherUrl, workerToken, log: log.child({ component: 'worker' }) });
     for (let i = 0; i < (opts.workers ?? 2); i++) {
       workers.push(startWorker({
         queue, client, registry, workerId: `lite:${process.pid}:${i}`,

@@ -22,7 +22,7 @@ import {
   completeAnswerSchema,
   heartbeatAnswerSchema,
   type BatchItemAnswer,
-  type TaskClient,
+  TaskClient,
   type WorkerTaskApi,
 } from './task-client.js';
 
@@ -215,4 +215,15 @@ function settle<R>(answers: BatchItemAnswer[], parse: (a: BatchItemAnswer) => R)
       return { status: 'rejected', reason: e };
     }
   });
+}
+
+/**
+ * The task client a worker process uses: batched by default, the per-task routes when
+ * `batchMax` is 1 (`trace worker --batch-max 1`). One factory for `trace worker` and the
+ * workers of `trace lite up`, so both speak the same contract.
+ */
+export function workerTaskClient(opts: { baseUrl: string; workerToken: string; batchMax?: number; log?: Logger }): WorkerTaskApi {
+  const http = new TaskClient({ baseUrl: opts.baseUrl, workerToken: opts.workerToken });
+  const batchMax = opts.batchMax ?? BATCH_MAX;
+  return batchMax > 1 ? new BatchingTaskClient(http, { batchMax, ...(opts.log ? { log: opts.log } : {}) }) : http;
 }

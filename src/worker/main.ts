@@ -25,9 +25,8 @@ import { createAlertRouteStore } from '../alerting/route-store.js';
 import { openQueue } from '../queue/open.js';
 import { TASK_QUEUE } from '../queue/queue.js';
 import { operatorRegistry } from '../operators/registry.js';
-import { TaskClient } from './task-client.js';
 import { startWorker } from './worker.js';
-import { BATCH_MAX, BatchingTaskClient } from './batching.js';
+import { BATCH_MAX, workerTaskClient } from './batching.js';
 import { resolveListen, serviceRegistry, startOpsListener } from '../core/ops.js';
 import { pingDb } from '../db/db.js';
 import { workerMetrics } from './metrics.js';
@@ -114,10 +113,9 @@ export async function runWorkerProcess(
   const db = await openDb(queueUrl, { max: Math.min(10, args.concurrency + 2), applicationName: 'trace-worker', synchronousCommit: 'off', role: 'queue' });
   try {
     const queue = openQueue({ kind: 'pgqueue', db });
-    const http = new TaskClient({ baseUrl: dispatcherUrl, workerToken: cfg.workerToken });
     // Batch requests by default; `--batch-max 1` keeps to the per-task routes.
     const batchMax = args.batchMax ?? BATCH_MAX;
-    const client = batchMax > 1 ? new BatchingTaskClient(http, { batchMax, log }) : http;
+    const client = workerTaskClient({ baseUrl: dispatcherUrl, workerToken: cfg.workerToken, batchMax, log });
     // Platform operators that write Postgres data (alert_route) run only on workers given it.
     const dataDb = cfg.dataDatabaseUrl ? await openDb(cfg.dataDatabaseUrl, { max: 4, applicationName: 'trace-worker', role: 'data' }) : undefined;
     if (dataDb) closers.push(() => dataDb.close());

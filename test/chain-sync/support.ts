@@ -51,6 +51,8 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
 
 export interface DevChain {
   url: string;
+  /** The node's process id. */
+  pid: number;
   chainId: number;
   token: string;
   accounts: string[];
@@ -74,7 +76,7 @@ export async function startDevChain(chainId = 1337, opts: { genesisTimestamp?: n
   await node.setAutomine(false);
   let n = 0;
   return {
-    url, chainId, token, accounts, call,
+    url, pid: node.pid, chainId, token, accounts, call,
     async head() { return Number(BigInt(await call<string>('eth_blockNumber'))); },
     async mineEmpty(k) { if (k > 0) await node.mine(k); },
     async mineTransfers(k) {

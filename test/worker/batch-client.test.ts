@@ -13,7 +13,7 @@ import { PgQueue } from '../../src/queue/pgqueue.js';
 import { TASK_QUEUE } from '../../src/queue/queue.js';
 import { operatorRegistry } from '../../src/operators/registry.js';
 import { TaskApiError, TaskClient } from '../../src/worker/task-client.js';
-import { BatchingTaskClient } from '../../src/worker/batching.js';
+import { BatchingTaskClient, workerTaskClient } from '../../src/worker/batching.js';
 import { startWorker } from '../../src/worker/worker.js';
 import { runWorkerProcess } from '../../src/worker/main.js';
 import type { ClaimedTask } from '../../src/worker/payload.js';
@@ -203,3 +203,11 @@ for (const backend of BACKENDS) {
     }
   });
 }
+
+test('workerTaskClient (trace worker and the workers of trace lite up) batches by default; batchMax 1 is the per-task client', () => {
+  const opts = { baseUrl: 'http://127.0.0.1:1', workerToken: WORKER_TOKEN };
+  assert.ok(workerTaskClient(opts) instanceof BatchingTaskClient);
+  assert.ok(workerTaskClient({ ...opts, batchMax: 5 }) instanceof BatchingTaskClient);
+  const plain = workerTaskClient({ ...opts, batchMax: 1 });
+  assert.ok(plain instanceof TaskClient && !(plain instanceof BatchingTaskClient));
+});
