@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { BACKENDS } from '../support/db.js';
 import { startPlatform, waitFor, type TestPlatform } from '../support/platform.js';
 import { claimOk, deploy, taskCall, trigger, twoJobDag } from '../support/drive.js';
+import { trace } from '../cli/support.js';
 
 const WAIT = 120_000;
 
@@ -196,6 +197,38 @@ for (const backend of BACKENDS) {
       assert.equal(member.status, 401);
       assert.equal(await count(), n0, 'no invalidation recorded');
       assert.equal(await tasks(), t0, 'no task created');
+    });
+
+    it('trace invalidate records one and trace datasets show lists the history', async () => {
+      const env = { TRACE_DISPATCHER_URL: p.url, TRACE_TOKEN: p.admin };
+      const help = await trace(['invalidate', '--help'], env);
+      assert.equal(help.code, 0, help.stderr);
+      assert.match(help.stdout, /--partition KEY \| --range START:END/);
+      const bad = await trace(['invalidate', 'inv_src', '--range', '9:3'], env);
+      assert.notEqual(bad.code, 0);
+      assert.match(bad.stderr, /END must be greater than START/);
+      const both = await trace(['invalidate', 'inv_src', '--range', '1:3', '--partition', '0-100'], env);
+      assert.notEqual(both.code, 0);
+      const missing = await trace(['invalidate', 'nope', '--range', '1:3', '--json'], env);
+      assert.notEqual(missing.code, 0);
+      assert.equal(JSON.parse(missing.stderr).code, 'DATASET_NOT_FOUND');
+      const ok = await trace(['invalidate', 'inv_src', '--range', '250:260', '--reason', 'cli check', '--json'], env);
+      assert.equal(ok.code, 0, ok.stderr);
+      const id = JSON.parse(ok.stdout).id as string;
+      await settled();
+      const shown = await trace(['datasets', 'show', 'inv_src'], env);
+      assert.equal(shown.code, 0, shown.stderr);
+      assert.match(shown.stdout, /history \(invalidations, newest first\):/);
+      assert.ok(shown.stdout.includes(id), shown.stdout);
+      assert.match(shown.stdout, /cli check/);
+      assert.match(shown.stdout, /inv\.src \S+ Queued/, 'the re-run it set off');
+      const asJson = await trace(['datasets', 'show', 'inv_src', '--json'], env);
+      assert.equal(asJson.code, 0, asJson.stderr);
+      const view = JSON.parse(asJson.stdout);
+      assert.equal(view.name, 'inv_src');
+      const mine = view.history.find((x: { id: string }) => x.id === id);
+      assert.equal(mine.status, 'rerunning');
+      assert.ok(mine.processed_at);
     });
   });
 }
