@@ -19,6 +19,8 @@ import { datasetAdminRoutes } from './http/dataset-admin-routes.js';
 import { exportRoutes } from './http/export-routes.js';
 import { gcRoutes } from './http/gc-routes.js';
 import { runGc, scratchGcCollector, type GcCollector } from './gc.js';
+import { invalidationCompletionHook, processInvalidations } from './invalidations.js';
+import { invalidationRoutes } from './http/invalidation-routes.js';
 
 /** How long a readiness probe waits for each dependency. */
 const READY_TIMEOUT_MS = 1_000;
@@ -58,6 +60,7 @@ export class Dispatcher {
   constructor(deps: DispatcherDeps, extraRoutes: Array<(app: FastifyInstance, ctx: DispatcherContext) => void> = [], private readonly plugins: DispatcherPlugin[] = []) {
     this.ctx = new DispatcherContext(deps);
     for (const p of plugins) if (p.completionHook) this.ctx.completionHooks.push(p.completionHook);
+    this.ctx.completionHooks.push(invalidationCompletionHook);
     this.ctx.gcCollectors.push(scratchGcCollector(() => deps.datasetStorage?.store));
     for (const p of plugins) if (p.gcCollector) this.ctx.gcCollectors.push(p.gcCollector);
     this.app = createHttpServer({ log: deps.log, name: 'dispatcher' });
@@ -86,6 +89,7 @@ export class Dispatcher {
     datasetAdminRoutes(this.app, this.ctx);
     exportRoutes(this.app, this.ctx);
     gcRoutes(this.app, this.ctx);
+    invalidationRoutes(this.app, this.ctx);
     for (const r of extraRoutes) r(this.app, this.ctx);
     for (const p of plugins) p.routes?.(this.app, this.ctx);
     const s = deps.settings;
@@ -156,6 +160,12 @@ export class Dispatcher {
         return r.truncated;
       }, s.gcIntervalMs, log));
     }
+    // Unprocessed data invalidations become re-runs (invalidations.ts).
+    this.loops.push(new Loop('invalidations', async () => {
+      const n = await processInvalidations(this.ctx.deps.state, s.batchSize);
+      if (n > 0) outbox.kick();
+      return n >= s.batchSize;
+    }, s.loopIntervalMs, log));
     for (const p of this.plugins) {
       for (const l of p.loops?.(this.ctx) ?? []) this.loops.push(new Loop(`${p.name}:${l.name}`, l.step, l.intervalMs, log));
     }

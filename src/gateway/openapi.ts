@@ -23,7 +23,7 @@ interface OperationSpec {
 type Schemas = Record<string, OperationSpec>;
 
 async function operationSpecs(): Promise<Schemas> {
-  const [query, user, schemas, bundles, alerting, alertSchemas, admin, datasetAdmin, chainSync, exports, gc] = await Promise.all([
+  const [query, user, schemas, bundles, alerting, alertSchemas, admin, datasetAdmin, chainSync, exports, gc, invalidations] = await Promise.all([
     import('../query/service.js'),
     import('../dispatcher/http/user-routes.js'),
     import('../dispatcher/http/schemas.js'),
@@ -35,6 +35,7 @@ async function operationSpecs(): Promise<Schemas> {
     import('../dispatcher/chain-sync/routes.js'),
     import('../dispatcher/http/export-routes.js'),
     import('../dispatcher/http/gc-routes.js'),
+    import('../dispatcher/http/invalidation-routes.js'),
   ]);
   return {
     'POST /v1/query': { summary: 'Run validated read-only SQL over one or several datasets', body: query.userBodySchema },
@@ -66,6 +67,8 @@ async function operationSpecs(): Promise<Schemas> {
     'GET /v1/chain-sync/{name}': { summary: 'One chain sync (admin)' },
     'POST /v1/chain-sync/{name}/pause': { summary: 'Pause a chain sync (admin)' },
     'POST /v1/chain-sync/{name}/resume': { summary: 'Resume a chain sync, re-checking its chain first (admin)' },
+    'GET /v1/datasets/{name}/invalidations': { summary: 'The invalidations of a dataset with their status, re-runs and cascades', query: invalidations.invalidationsQuery },
+    'POST /v1/datasets/{name}/invalidations': { summary: 'Invalidate a partition or a block range of a dataset: its producing task, then each task downstream, re-runs once (admin)', body: invalidations.invalidationBody, success: 201 },
   };
 }
 

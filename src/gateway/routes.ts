@@ -37,6 +37,8 @@ export const ROUTES: readonly RouteRule[] = [
   user(['GET'], '/v1/datasets/{name}/export'),
   user(['GET'], '/v1/datasets/{name}/export/files/{file}'),
   user(['GET'], '/v1/datasets/{name}/versions'),
+  // Dispatcher: a dataset's invalidation history (read access as for the dataset)
+  user(['GET'], '/v1/datasets/{name}/invalidations'),
   // Dispatcher: DAG deployment (GET /v1/dags lists every DAG with its versions and the active one)
   user(['GET'], '/v1/dags'),
   user(['POST', 'GET'], '/v1/dags/{dag}/versions'),
@@ -61,6 +63,8 @@ export const ROUTES: readonly RouteRule[] = [
   admin(['GET'], '/v1/chain-sync/{name}'),
   admin(['POST'], '/v1/chain-sync/{name}/pause'),
   admin(['POST'], '/v1/chain-sync/{name}/resume'),
+  // Data invalidations (src/dispatcher/invalidations.ts): record one; the Dispatcher re-runs what it covers.
+  admin(['POST'], '/v1/datasets/{name}/invalidations'),
 ];
 
 /**

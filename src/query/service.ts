@@ -136,8 +136,12 @@ export interface QueryServiceDeps {
   checkTaskLease: TaskLeaseCheck;
   /** Authenticates the raw Authorization header; throws TraceError 401/403. */
   authenticateUser(authorization: string): Promise<UserPrincipal> | UserPrincipal;
-  /** Registry lookup by name within the org, pinned to the current version; null when unknown. */
-  resolveDataset(orgId: string, name: string): Promise<ResolvedDataset | null> | ResolvedDataset | null;
+  /**
+   * Registry lookup by name within the org, pinned to the current version, or to `version` when
+   * one is given; null when the dataset is unknown. With a version that is not one of this
+   * dataset's, the result has `dataset_version: null`.
+   */
+  resolveDataset(orgId: string, name: string, version?: string): Promise<ResolvedDataset | null> | ResolvedDataset | null;
   storage?: StorageDeps;
   logger?: Logger;
   config?: Partial<QueryServiceConfig>;
@@ -168,9 +172,16 @@ const taskBodySchema = z.object({
 export const userBodySchema = z.object({
   dataset: datasetName.optional(),
   datasets: z.record(z.string(), datasetName).optional(),
+  /** Pins `dataset` to this version instead of its current one (ADR 0009). */
+  version: uuid.optional(),
+  /** Pins relations of `datasets` (by relation name) to these versions; the others read their current version. */
+  versions: z.record(z.string(), uuid).optional(),
   sql: sqlField,
   limit: limitField,
-}).refine((b) => (b.dataset === undefined) !== (b.datasets === undefined), { message: 'give either dataset or datasets', path: ['dataset'] });
+}).refine((b) => (b.dataset === undefined) !== (b.datasets === undefined), { message: 'give either dataset or datasets', path: ['dataset'] })
+  .refine((b) => b.version === undefined || b.dataset !== undefined, { message: 'version pins dataset; with datasets, give versions: {relation: version}', path: ['version'] })
+  .refine((b) => b.versions === undefined || (b.datasets !== undefined && Object.keys(b.versions).every((k) => Object.keys(b.datasets!).includes(k))),
+    { message: 'every key of versions must be a relation name of datasets', path: ['versions'] });
 
 const normRole = (r: string) => r.replace(/^role:/, '');
 
@@ -391,9 +402,16 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
         const wanted = body.datasets !== undefined ? relationsOf(body.datasets) : [{ name: DATASET_RELATION, ref: body.dataset! }];
         if (wanted.length === 1 && body.dataset !== undefined) ctx.dataset = body.dataset;
         else ctx.datasets = wanted.map((w) => w.ref);
+        // Pinned versions by relation name (ADR 0009); the others read the current version.
+        const pins = new Map<string, string>(body.dataset !== undefined
+          ? (body.version !== undefined ? [[DATASET_RELATION, body.version]] : [])
+          : Object.entries(body.versions ?? {}).map(([alias, v]) => [wanted.find((w) => w.name.toLowerCase() === alias.toLowerCase())!.name, v]));
         const t0 = performance.now();
         // Registry lookups side by side; errors in relation-name order.
-        const lookups = wanted.map((w) => Promise.resolve(deps.resolveDataset(who.org_id, w.ref)));
+        const lookups = wanted.map((w) => {
+          const pin = pins.get(w.name);
+          return Promise.resolve(pin !== undefined ? deps.resolveDataset(who.org_id, w.ref, pin) : deps.resolveDataset(who.org_id, w.ref));
+        });
         for (const l of lookups) l.catch(() => {});
         const planned: PlannedRelation[] = [];
         for (const [i, w] of wanted.entries()) {
@@ -403,6 +421,10 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
           if (ds.read_roles.length > 0) {
             const need = new Set(ds.read_roles.map(normRole));
             if (!who.roles.some((r) => need.has(normRole(r)))) throw forbidden(`you do not have a role that may read this dataset${which}`, 'DATASET_FORBIDDEN');
+          }
+          const pin = pins.get(w.name);
+          if (pin !== undefined && ds.dataset_version?.toLowerCase() !== pin.toLowerCase()) {
+            throw notFound(`${w.ref} has no version ${pin}${which}`, 'DATASET_VERSION_NOT_FOUND');
           }
           planned.push({ name: w.name, dataset_uuid: ds.dataset_uuid, dataset_version: ds.dataset_version, ref: parseStorageRef(ds.storage_ref), pii: (ds.pii_columns?.length ?? 0) > 0, dataset_name: w.ref });
         }
@@ -423,7 +445,9 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
           }),
         );
         req.log.info({ event: 'query_ok', route: '/v1/query', ...ctx, row_count: result.rowCount, truncated: result.truncated, duration_ms: Math.round(durationMs) }, 'query served');
-        return reply.header('content-type', 'application/json; charset=utf-8').send(result.body);
+        // The answer names the version each relation read: `dataset_versions: {relation: version}`.
+        const versions = JSON.stringify(Object.fromEntries(planned.map((p) => [p.name, p.dataset_version])));
+        return reply.header('content-type', 'application/json; charset=utf-8').send(`${result.body.slice(0, -1)},"dataset_versions":${versions}}`);
       } catch (e) {
         denied(req, ctx, e);
         throw e;

@@ -44,6 +44,13 @@ FROM datasets d
 LEFT JOIN dataset_versions v ON v.id = d.current_version AND v.dataset_uuid = d.id
 WHERE d.org_id = $1 AND d.name = $2`;
 
+/** The same, pinned to a given version: it must be a version of this dataset (else no storage ref and a null version). */
+const RESOLVE_DATASET_VERSION = `
+SELECT d.id AS dataset_uuid, v.id AS current_version, d.read_roles, d.storage -> 'pii_columns' AS pii_columns, v.storage_ref
+FROM datasets d
+LEFT JOIN dataset_versions v ON v.id = $3 AND v.dataset_uuid = d.id
+WHERE d.org_id = $1 AND d.name = $2`;
+
 interface DatasetRow {
   dataset_uuid: string;
   current_version: string | null;
@@ -55,13 +62,17 @@ interface DatasetRow {
 const stringList = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string' && x.length > 0) : []);
 
 /**
- * Registry lookup by name inside one org, pinned to the current version. `null` when the org
+ * Registry lookup by name inside one org, pinned to the current version (or to `version`, when
+ * it is one of this dataset's versions; another dataset's or an unknown one resolves with a null
+ * version and storage ref, which the service refuses). `null` when the org
  * has no dataset of that name. A dataset without a published version comes back with a null
  * storage ref (the service then refuses it, fail closed). Restricted datasets also admit the
  * `admin` role, the same rule the Dispatcher's registry routes apply (`canRead`).
  */
-export async function resolveRegistryDataset(q: Queryable, orgId: string, name: string): Promise<ResolvedDataset | null> {
-  const r = await q.query<DatasetRow>(RESOLVE_DATASET, [orgId, name]);
+export async function resolveRegistryDataset(q: Queryable, orgId: string, name: string, version?: string): Promise<ResolvedDataset | null> {
+  const r = version === undefined
+    ? await q.query<DatasetRow>(RESOLVE_DATASET, [orgId, name])
+    : await q.query<DatasetRow>(RESOLVE_DATASET_VERSION, [orgId, name, version]);
   const row = r.rows[0];
   if (!row) return null;
   const readRoles = stringList(row.read_roles);
@@ -84,7 +95,7 @@ export function queryDepsFromState(input: QueryWiringInput): WiredQueryDeps {
       const p = await authenticate(state, userVerifier, orgId, authorization);
       return { org_id: p.org_id, user_id: p.user_id, roles: p.roles, sub: p.sub };
     },
-    resolveDataset: (org, name) => resolveRegistryDataset(state, org, name),
+    resolveDataset: (org, name, version) => resolveRegistryDataset(state, org, name, version),
     verifyTaskToken: (token) => capabilityVerifier.verify(token),
     checkTaskLease: dispatcherLeaseCheck({ dispatcherUrl, ...(input.leaseCacheMs !== undefined ? { cacheMs: input.leaseCacheMs } : {}) }),
   };

@@ -42,6 +42,8 @@ const ALLOWED: Array<[method: string, path: string, upstream: 'dispatcher' | 'qu
   ['GET', '/v1/chain-sync/monad_mainnet', 'dispatcher'],
   ['POST', '/v1/chain-sync/monad_mainnet/pause', 'dispatcher'],
   ['POST', '/v1/chain-sync/monad_mainnet/resume', 'dispatcher'],
+  ['GET', '/v1/datasets/eth_blocks/invalidations', 'dispatcher'],
+  ['POST', '/v1/datasets/eth_blocks/invalidations', 'dispatcher'],
 ];
 
 test('the case list covers every method of every allowlisted pattern, and nothing routes /v1/task or /internal', () => {

@@ -359,7 +359,10 @@ BACKENDS.forEach((backend, backendIndex) => {
       assert.equal(lines.length, 5);
 
       assert.equal(asJson.code, 0, asJson.stderr);
-      assert.deepEqual(JSON.parse(asJson.stdout), { columns: [{ name: 'n', type: 'BIGINT' }], rows: [['3']], truncated: false });
+      const answer = JSON.parse(asJson.stdout);
+      assert.match(answer.dataset_versions?.dataset ?? '', /^[0-9a-f-]{36}$/, 'the answer names the version it read');
+      delete answer.dataset_versions;
+      assert.deepEqual(answer, { columns: [{ name: 'n', type: 'BIGINT' }], rows: [['3']], truncated: false });
 
       assert.equal(bad.code, 1);
       assert.equal(bad.stdout, '');

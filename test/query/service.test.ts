@@ -331,7 +331,7 @@ for (const backend of BACKENDS) {
       it('200: queries a registry dataset by name and audits it', async () => {
         const r = await post(base, '/v1/query', { dataset: 'blocks', sql: "SELECT 'https://example.com' AS url, count(*) AS n FROM dataset" }, ALICE_H);
         assert.equal(r.status, 200, r.text);
-        assert.deepEqual(r.body, { columns: [{ name: 'url', type: 'VARCHAR' }, { name: 'n', type: 'BIGINT' }], rows: [['https://example.com', '3']], truncated: false });
+        assert.deepEqual(r.body, { columns: [{ name: 'url', type: 'VARCHAR' }, { name: 'n', type: 'BIGINT' }], rows: [['https://example.com', '3']], truncated: false, dataset_versions: { dataset: VERSION } });
         const a = await data.db.query<Record<string, unknown>>('SELECT * FROM user_query_audit WHERE user_sub = $1', ['alice@example']);
         assert.equal(a.rows.length, 1);
         assert.equal(a.rows[0]!.org_id, ORG);

@@ -69,13 +69,32 @@ export function datasetsFromOptions(raw: unknown): { dataset: string } | { datas
   return { datasets };
 }
 
+/** `--version V` (pins `dataset`) or `--version ALIAS=V`, repeatable (pins relations of `datasets`). */
+export function versionsFromOptions(raw: unknown): { version?: string; versions?: Record<string, string> } {
+  const given = (Array.isArray(raw) ? raw : raw === undefined ? [] : [raw]).map(String);
+  if (given.length === 0) return {};
+  const named = given.filter((g) => g.includes('='));
+  if (named.length === 0) {
+    if (given.length > 1) throw new UsageError('several versions need a relation name each: --version ALIAS=VERSION');
+    return { version: given[0]! };
+  }
+  if (named.length !== given.length) throw new UsageError('either one --version VERSION or --version ALIAS=VERSION for each pinned relation, not both');
+  const versions: Record<string, string> = {};
+  for (const g of named) {
+    const at = g.indexOf('=');
+    if (at === 0 || at === g.length - 1) throw new UsageError(`--version ${g}: expected ALIAS=VERSION`);
+    versions[g.slice(0, at)] = g.slice(at + 1);
+  }
+  return { versions };
+}
+
 export const queryCmd: Command = {
   name: 'query',
   summary: 'Run read-only SQL through the Query Service: --dataset NAME queries the relation `dataset`; --dataset ALIAS=NAME, repeated, binds each dataset to its own relation name, for joins (SQL "-" reads stdin).',
-  usage: 'trace query --dataset NAME "SQL" | trace query --dataset ALIAS=NAME [--dataset ALIAS=NAME ...] "SQL"   [--limit N] [--json]',
-  options: { dataset: { type: 'string', short: 'd', multiple: true }, limit: { type: 'string' }, json: { type: 'boolean' } },
+  usage: 'trace query --dataset NAME "SQL" | trace query --dataset ALIAS=NAME [--dataset ALIAS=NAME ...] "SQL"   [--version VERSION | --version ALIAS=VERSION ...] [--limit N] [--json]   (--version reads that dataset version instead of the current one)',
+  options: { dataset: { type: 'string', short: 'd', multiple: true }, version: { type: 'string', multiple: true }, limit: { type: 'string' }, json: { type: 'boolean' } },
   async run({ values, positionals }) {
-    const target = datasetsFromOptions(values.dataset);
+    const target = { ...datasetsFromOptions(values.dataset), ...versionsFromOptions(values.version) };
     if (positionals.length !== 1) throw new UsageError('expected exactly one SQL argument (quote it)');
     const sql = positionals[0] === '-' ? await readStdin() : positionals[0]!;
     if (sql.trim() === '') throw new UsageError('the SQL is empty');
@@ -99,11 +118,11 @@ function storageText(ref: Record<string, unknown> | null): string {
 
 export const datasetsList: Command = {
   name: 'datasets',
-  summary: 'List the datasets you may read (published job outputs and registered external Parquet). See also: trace datasets register, trace datasets export.',
+  summary: 'List the datasets you may read (published job outputs and registered external Parquet). See also: trace datasets register, trace datasets export, trace datasets show.',
   usage: 'trace datasets [--json]   |   trace datasets register NAME --from URL [--glob G] [--json]   |   trace datasets export NAME --to DIR [--force] [--json]',
   options: { json: { type: 'boolean' } },
   async run({ values, positionals }) {
-    if (positionals.length > 0) throw new UsageError(`unknown subcommand "${positionals[0]}" (expected: register or export)`);
+    if (positionals.length > 0) throw new UsageError(`unknown subcommand "${positionals[0]}" (expected: register, export or show)`);
     const r = await api<{ datasets: DatasetView[] }>(await resolveTarget(), 'GET', '/v1/datasets');
     if (values.json) return void json(r);
     process.stdout.write(`${renderTable(

@@ -124,6 +124,8 @@ WITH t AS (
     AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = tasks.job_id AND j.scaling->'max_concurrency' IS NOT NULL)
     AND NOT EXISTS (SELECT 1 FROM chain_sync_scheduled_ranges r WHERE r.task_id = tasks.id)
     AND NOT EXISTS (SELECT 1 FROM chain_sync_compactions c WHERE c.task_id = tasks.id)
+    -- a re-run of an invalidation records its cascade (invalidations.ts) in the full transition
+    AND coalesce(trigger->>'kind', '') <> 'invalidation'
   RETURNING id, attempt, job_id
 ), a AS (
   UPDATE task_attempts SET status = 'Completed', finished_at = now(), error_message = NULL
