@@ -503,7 +503,7 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
     await pool.execute({ caller: `user:${who.user_id}`, sql, relations, limit: 1, maxBytes: cfg.maxBytes, timeoutMs: cfg.userTimeoutMs, action: 'check' });
     if (batchQueue.length + batchRunning >= cfg.batchMaxQueued) throw new TraceError(429, 'QUERY_BUSY', `${cfg.batchMaxQueued} batch queries are already waiting or running; try again later`);
     const id = newQueryId();
-    const location = store.url(`${resultPrefix(who.org_id, id)}/`);
+    const location = `${store.url(resultPrefix(who.org_id, id))}/`;
     await insertQueued(deps.dataDb, { id, org_id: who.org_id, user_id: who.user_id, sql_hash: sqlHash(sql), output_location: location, retention_seconds: cfg.resultRetentionSeconds });
     batchQueue.push({ id, who, sql, relations, planned });
     pumpBatch();
