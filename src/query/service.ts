@@ -203,11 +203,11 @@ export const userBodySchema = z.object({
 }).refine((b) => (b.dataset === undefined) !== (b.datasets === undefined), { message: 'give either dataset or datasets', path: ['dataset'] });
 
 const resultParams = z.object({ id: uuid });
-const pageQuery = z.object({
+export const resultPageQuery = z.object({
   cursor: z.string().optional(),
   limit: z.coerce.number().int('must be an integer').min(1, 'must be from 1 to 10000').max(PAGE_LIMITS.maxLimit, 'must be from 1 to 10000').optional(),
 });
-const exportQuery = z.object({ format: z.enum(['csv', 'parquet']).default('parquet') });
+export const resultExportQuery = z.object({ format: z.enum(['csv', 'parquet']).default('parquet') });
 
 const normRole = (r: string) => r.replace(/^role:/, '');
 
@@ -534,7 +534,7 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
     const who = principals.get(req);
     if (!who) throw unauthorized();
     const { id } = parseInput(resultParams, req.params, 'path');
-    const q = parseInput(pageQuery, req.query, 'query');
+    const q = parseInput(resultPageQuery, req.query, 'query');
     const row = await ownResult(who, id);
     const out = describeResult(row);
     if (row.status !== 'succeeded') return out;
@@ -556,7 +556,7 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
     const who = principals.get(req);
     if (!who) throw unauthorized();
     const { id } = parseInput(resultParams, req.params, 'path');
-    const { format } = parseInput(exportQuery, req.query, 'query');
+    const { format } = parseInput(resultExportQuery, req.query, 'query');
     const row = await ownResult(who, id);
     if (row.status !== 'succeeded') throw notReady(row);
     reply.header('content-disposition', `attachment; filename="${row.id}.${format}"`);
