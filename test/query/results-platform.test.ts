@@ -12,6 +12,8 @@ import { startPlatform, waitFor, type TestPlatform } from '../support/platform.j
 import { tempDir, writeParquet, type TempDir } from './support.js';
 import { resultKey } from '../../src/query/results.js';
 import { openObjectStore } from '../../src/objectstore/open.js';
+import { readFileSync } from 'node:fs';
+import { trace } from '../cli/support.js';
 
 for (const backend of BACKENDS) {
   describe(`batch queries through the Gateway (${backend})`, () => {
@@ -65,6 +67,34 @@ for (const backend of BACKENDS) {
       assert.equal(Buffer.from(await pq.arrayBuffer()).subarray(0, 4).toString(), 'PAR1');
       const bad = await fetch(`${gw}/v1/query-results/${id}/export?format=xml`, { headers: auth() });
       assert.equal(bad.status, 400);
+    });
+
+    it('CLI: trace query --batch prints the id; trace query-results show and export read it through the Gateway', async () => {
+      const env = { TRACE_QUERY_URL: gw, TRACE_TOKEN: p.admin, TRACE_HOME: tmp.dir };
+      const cli = async (args: string[]) => {
+        const r = await trace(args, env, { timeoutMs: 120_000 });
+        assert.equal(r.code, 0, `trace ${args.join(' ')}: ${r.stderr}`);
+        return r.stdout;
+      };
+      const id = (await cli(['query', '--dataset', 'nums', '--batch', 'SELECT n FROM dataset WHERE n < 250 ORDER BY n'])).trim();
+      assert.match(id, /^[0-9a-f-]{36}$/);
+      const shown = await waitFor('batch result', async () => {
+        const v = JSON.parse(await cli(['query-results', 'show', id, '--json', '--limit', '100', '--all'])) as { status: string; rows: unknown[][] };
+        return v.status === 'succeeded' ? v : v.status === 'failed' ? assert.fail(JSON.stringify(v)) : undefined;
+      }, 120_000, 200);
+      assert.deepEqual(shown.rows, Array.from({ length: 250 }, (_, i) => [String(i)]));
+      const text = await cli(['query-results', 'show', id, '--limit', '10']);
+      assert.match(text, /succeeded, 250 rows/);
+      assert.match(text, /more rows: trace query-results show .* --cursor /);
+      const file = join(tmp.dir, 'out.csv');
+      assert.match(await cli(['query-results', 'export', id, '--format', 'csv', '--to', file]), /wrote .*out\.csv \(csv/);
+      assert.equal(readFileSync(file, 'utf8').trim().split('\n').length, 251);
+      const bad = await trace(['query-results', 'export', id, '--format', 'xml', '--to', file], env);
+      assert.notEqual(bad.code, 0);
+      assert.match(bad.stderr, /--format must be csv or parquet/);
+      const other = await trace(['query-results', 'show', '00000000-0000-4000-8000-000000000000'], env);
+      assert.notEqual(other.code, 0);
+      assert.match(other.stderr, /QUERY_RESULT_NOT_FOUND|no such query result/);
     });
   });
 }
