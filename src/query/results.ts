@@ -108,6 +108,24 @@ export async function markSucceeded(db: Queryable, id: string, r: { row_count: n
   return (res.rowCount ?? 0) === 1;
 }
 
+const ABANDON = `
+UPDATE query_results
+SET status = 'failed', error_code = 'QUERY_ABANDONED',
+    error_message = 'the Query Service that ran this batch query stopped before it finished; run it again', updated_at = now()
+WHERE (status = 'running' AND updated_at < now() - make_interval(secs => $1))
+   OR (status = 'queued' AND updated_at < now() - make_interval(secs => $2))
+RETURNING id`;
+
+/**
+ * Batch queries whose runner is gone (the service stopped or crashed): a `running` row older
+ * than a run can take, or a `queued` row older than the longest wait its bounded queue allows,
+ * becomes `failed` (QUERY_ABANDONED), so a client polling it gets an answer.
+ */
+export async function failAbandoned(db: Queryable, limits: { runningSeconds: number; queuedSeconds: number }): Promise<string[]> {
+  const r = await db.query<{ id: string }>(ABANDON, [limits.runningSeconds, limits.queuedSeconds]);
+  return r.rows.map((x) => x.id);
+}
+
 export async function markFailed(db: Queryable, id: string, e: { code: string; message: string; duration_ms: number }): Promise<void> {
   await db.query(FAIL, [id, e.code, e.message.slice(0, 1000), Math.round(e.duration_ms)]);
 }

@@ -36,7 +36,7 @@ import { randomUUID } from 'node:crypto';
 import type { ObjectStore } from '../objectstore/objectstore.js';
 import { FileObjectStore } from '../objectstore/file.js';
 import {
-  DEFAULT_RESULT_RETENTION_SECONDS, PAGE_LIMITS, decodeCursor, describeResult, encodeCursor, insertQueued, markFailed, markRunning, markSucceeded,
+  DEFAULT_RESULT_RETENTION_SECONDS, PAGE_LIMITS, decodeCursor, failAbandoned, describeResult, encodeCursor, insertQueued, markFailed, markRunning, markSucceeded,
   newQueryId, readResult, resultGone, resultKey, resultNotFound, resultPrefix, sqlHash, sweepExpired, uploadResult, type QueryResultRow,
 } from './results.js';
 
@@ -225,6 +225,9 @@ function relationsOf<T>(record: Record<string, T>): Array<{ name: string; ref: T
   }
   return r.relations;
 }
+
+/** Slack beyond a batch query's deadline (the upload, a loaded machine) before it counts as abandoned. */
+const ABANDON_MARGIN_SECONDS = 600;
 
 const pools = new WeakMap<FastifyInstance, ExecutorPool>();
 const sweeps = new WeakMap<FastifyInstance, () => Promise<string[]>>();
@@ -580,6 +583,13 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
   const sweep = async (): Promise<string[]> => {
     const ids = await sweepExpired(deps.dataDb, deps.results);
     if (ids.length > 0) log.info({ event: 'query_results_expired', count: ids.length }, 'expired query results removed');
+    // A run is bounded by its deadline plus the upload; a wait by the queue ahead of it.
+    const runSeconds = Math.ceil(cfg.batchTimeoutMs / 1000) + ABANDON_MARGIN_SECONDS;
+    const abandoned = await failAbandoned(deps.dataDb, {
+      runningSeconds: runSeconds,
+      queuedSeconds: Math.ceil(cfg.batchMaxQueued / Math.max(1, cfg.batchConcurrency)) * runSeconds + ABANDON_MARGIN_SECONDS,
+    });
+    if (abandoned.length > 0) log.warn({ event: 'query_results_abandoned', count: abandoned.length }, 'batch queries whose runner stopped marked failed');
     return ids;
   };
   sweeps.set(app, sweep);

@@ -286,5 +286,29 @@ for (const backend of BACKENDS) {
       // The live result is untouched.
       assert.ok(await store.exists(resultKey(ORG, batchId)));
     });
+
+    it('a batch query whose runner stopped is marked failed (QUERY_ABANDONED) by the sweep; a fresh one is left alone', async () => {
+      const accepted = await call(base, 'POST', '/v1/query', { dataset: 'numbers', sql: 'SELECT 1 AS one FROM dataset LIMIT 1', mode: 'batch' });
+      assert.equal(accepted.status, 202, accepted.text);
+      const id = accepted.body.query_id as string;
+      assert.equal((await finished(base, id)).status, 'succeeded');
+      // Two rows as a stopped service leaves them: one running for an hour, one queued recently.
+      const stale = randomUUID();
+      const fresh = randomUUID();
+      for (const [qid, status, age] of [[stale, 'running', '1 hour'], [fresh, 'queued', '1 second']] as const) {
+        await data.db.query(
+          `INSERT INTO query_results (id, org_id, user_id, mode, status, sql_hash, expires_at, updated_at)
+           VALUES ($1, $2, $3, 'batch', $4, 'sha256:x', now() + interval '1 day', now() - $5::interval)`,
+          [qid, ORG, ALICE, status, age],
+        );
+      }
+      await sweepResultsOf(app)!();
+      const v = await call(base, 'GET', `/v1/query-results/${stale}`);
+      assert.equal(v.status, 200, v.text);
+      assert.equal(v.body.status, 'failed');
+      assert.equal(v.body.error.code, 'QUERY_ABANDONED');
+      assert.equal((await call(base, 'GET', `/v1/query-results/${fresh}`)).body.status, 'queued');
+      assert.equal((await call(base, 'GET', `/v1/query-results/${id}`)).body.status, 'succeeded');
+    });
   });
 }
