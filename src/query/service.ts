@@ -439,7 +439,6 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
   const batchQueue: BatchJob[] = [];
   let batchRunning = 0;
   let closing = false;
-  const batchIdle: Array<() => void> = [];
 
   function pumpBatch(): void {
     while (!closing && batchRunning < cfg.batchConcurrency && batchQueue.length > 0) {
@@ -447,7 +446,6 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
       batchRunning++;
       void runBatch(job).finally(() => {
         batchRunning--;
-        if (batchRunning === 0 && batchQueue.length === 0) for (const w of batchIdle.splice(0)) w();
         pumpBatch();
       });
     }
@@ -607,8 +605,9 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
   app.addHook('onClose', async () => {
     closing = true;
     if (sweepTimer) clearTimeout(sweepTimer);
-    // Queued batch queries that never started stay `queued` in the table; running ones finish.
-    if (batchRunning > 0) await new Promise<void>((res) => batchIdle.push(res));
+    // Nothing waits for batch queries here: closing the pool ends a running one (recorded as
+    // failed when the database still answers). Rows left `queued` or `running` by a stopped
+    // service become failed (QUERY_ABANDONED) in a later sweep.
   });
 
   app.post(
