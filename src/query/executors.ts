@@ -21,7 +21,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { basename, dirname, join, sep } from 'node:path';
 import { TraceError } from '../core/errors.js';
 import { moduleEntry } from '../core/entry.js';
 import { silentLogger, type Logger } from '../core/log.js';
@@ -398,7 +398,13 @@ export class ExecutorPool {
       if (m.ok) {
         // The file name is the service's own; only the directory is the executor's.
         const spec = e.job?.req.action === 'export' ? e.job.req.export : undefined;
-        this.finishJob(e, { columns: m.columns, rowCount: m.rowCount, truncated: m.truncated, body: m.body, ...(spec ? { file: join(e.dir, basename(spec.name)) } : {}) });
+        const file = spec ? join(e.dir, basename(spec.name)) : undefined;
+        // The directory is the executor's word: only a file under the owned spill root is read.
+        if (file !== undefined && (dirname(file) === this.root || !file.startsWith(`${this.root}${sep}`))) {
+          this.finishJob(e, new TraceError(500, 'QUERY_EXECUTOR_FAILED', 'the executor wrote its export outside its directory'));
+        } else {
+          this.finishJob(e, { columns: m.columns, rowCount: m.rowCount, truncated: m.truncated, body: m.body, ...(file ? { file } : {}) });
+        }
       }
       else this.finishJob(e, fromExecutorError(m.error));
     } else if (m.t === 'fatal') {
