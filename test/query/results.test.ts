@@ -125,6 +125,11 @@ for (const backend of BACKENDS) {
     it('batch: answers 202 at once with a query id; the result equals the interactive answer row for row, and pages cover every row once', async () => {
       interactive = await call(base, 'POST', '/v1/query', { dataset: 'numbers', sql: SQL });
       assert.equal(interactive.status, 200, interactive.text);
+      // mode interactive is the default, answered as before.
+      const explicit = await call(base, 'POST', '/v1/query', { dataset: 'numbers', sql: SQL, mode: 'interactive' });
+      assert.equal(explicit.status, 200, explicit.text);
+      assert.deepEqual(explicit.body, interactive.body);
+      assert.deepEqual(Object.keys(interactive.body).sort(), ['columns', 'rows', 'truncated']);
       assert.equal(interactive.body.rows.length, ROWS);
       assert.equal(interactive.body.truncated, false);
 
@@ -309,6 +314,37 @@ for (const backend of BACKENDS) {
       assert.equal(v.body.error.code, 'QUERY_ABANDONED');
       assert.equal((await call(base, 'GET', `/v1/query-results/${fresh}`)).body.status, 'queued');
       assert.equal((await call(base, 'GET', `/v1/query-results/${id}`)).body.status, 'succeeded');
+    });
+
+    it('the periodic sweep expires results by itself', async () => {
+      const id = randomUUID();
+      await data.db.query(
+        `INSERT INTO query_results (id, org_id, user_id, mode, status, sql_hash, row_count, expires_at)
+         VALUES ($1, $2, $3, 'batch', 'succeeded', 'sha256:x', 1, now() - interval '1 second')`,
+        [id, ORG, ALICE],
+      );
+      await store.put(resultKey(ORG, id), 'PAR1');
+      const swept = buildQueryApp({
+        dataDb: data.db,
+        verifyTaskToken: () => { throw unauthorized(); },
+        checkTaskLease: async () => {},
+        authenticateUser: () => { throw unauthorized(); },
+        resolveDataset: () => null,
+        results: store,
+        config: { maxConcurrent: 1, resultSweepMs: 100 },
+      });
+      try {
+        const deadline = Date.now() + 60_000;
+        for (;;) {
+          const st = (await data.db.query<{ status: string }>('SELECT status FROM query_results WHERE id = $1', [id])).rows[0]!.status;
+          if (st === 'expired') break;
+          if (Date.now() > deadline) assert.fail(`still ${st}`);
+          await new Promise((res) => setTimeout(res, 50));
+        }
+        assert.equal(await store.exists(resultKey(ORG, id)), false);
+      } finally {
+        await swept.close();
+      }
     });
   });
 }
