@@ -12,6 +12,7 @@ import { bench as isolationUdfBench } from './isolation-udf.js';
 import { isolationQueryBench } from './isolation-query.js';
 import { publishBench } from './publish.js';
 import { consoleBench } from './console.js';
+import { queryResultsBench } from './query-results.js';
 
 const SUITES: Record<string, Array<() => Promise<void>>> = {
   orchestration: [orchestrationBench],
@@ -22,6 +23,7 @@ const SUITES: Record<string, Array<() => Promise<void>>> = {
   isolation: [isolationUdfBench, isolationQueryBench],
   publish: [publishBench],
   console: [consoleBench],
+  'query-results': [queryResultsBench],
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -18,12 +18,13 @@ import { alertCommands } from './commands/alerts.js';
 import { datasetsList, datasetsRegister, queryCmd, queryServiceCmd } from './commands/query.js';
 import { datasetsExport, gcCmd } from './commands/export.js';
 import { datasetsShow, invalidateCmd } from './commands/invalidate.js';
+import { queryResultsCommands } from './commands/query-results.js';
 import { deliveryCmd, dispatcherCmd, gatewayCmd, liteDown, liteInfo, liteUp, migrateCmd, rpcGatewayCmd, tokenDevUser, workerCmd } from './commands/platform.js';
 
 /** Every command of the `trace` binary, by its words. */
 export const COMMANDS: Command[] = [
   liteUp, liteDown, liteInfo, migrateCmd, dispatcherCmd, workerCmd, gatewayCmd, rpcGatewayCmd, queryServiceCmd, deliveryCmd, ...sinkCommands,
-  queryCmd, datasetsList, datasetsRegister, datasetsExport, gcCmd, ...chainSyncCommands, datasetsShow, invalidateCmd,
+  queryCmd, datasetsList, datasetsRegister, datasetsExport, gcCmd, ...chainSyncCommands, datasetsShow, invalidateCmd, ...queryResultsCommands,
   dagDeploy, dagVersions, dagActivate, dagTrigger, ...taskCommands, ...alertCommands, tokenDevUser, ...udfCommands,
 ];
 

@@ -38,7 +38,9 @@ async function operationSpecs(): Promise<Schemas> {
     import('../dispatcher/http/invalidation-routes.js'),
   ]);
   return {
-    'POST /v1/query': { summary: 'Run validated read-only SQL over one or several datasets', body: query.userBodySchema },
+    'POST /v1/query': { summary: 'Run validated read-only SQL over one or several datasets (mode batch: 202 with a query_id)', body: query.userBodySchema },
+    'GET /v1/query-results/{id}': { summary: 'A batch query result: its status and, once succeeded, a page of rows (cursor, limit)', query: query.resultPageQuery },
+    'GET /v1/query-results/{id}/export': { summary: 'The whole batch query result as one file (format csv or parquet)', query: query.resultExportQuery },
     'GET /v1/datasets': { summary: 'List the datasets the caller may read' },
     'GET /v1/datasets/{name}': { summary: 'One dataset and its current version' },
     'GET /v1/datasets/{name}/versions': { summary: 'Versions of a dataset with partitions, the producing task and its inputs', query: user.datasetVersionsQuery },

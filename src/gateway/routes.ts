@@ -31,6 +31,9 @@ export const ROUTES: readonly RouteRule[] = [
   // ---- User routes (user_api_contracts.md "Route allowlist"; DESIGN.md section 3) ----
   // Query Service
   user(['POST'], '/v1/query', 'query', 'query'),
+  // Query Service: batch query results (ADR 0005); polling and paging draw from the default bucket
+  user(['GET'], '/v1/query-results/{id}', 'query'),
+  user(['GET'], '/v1/query-results/{id}/export', 'query'),
   // Dispatcher: dataset discovery
   user(['GET'], '/v1/datasets'),
   user(['GET'], '/v1/datasets/{name}'),

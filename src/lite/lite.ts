@@ -255,7 +255,7 @@ export async function startLite(opts: LiteOptions = {}): Promise<LiteHandle> {
 
     const ql = listeners.query!;
     const query = await bind('Query Service', ql.host, ql.port, () => startQueryService({
-      state: dbs.state, data: dbs.data, orgId: org_id, userVerifier, capabilityVerifier: issuer.verifier(), dispatcherUrl,
+      state: dbs.state, data: dbs.data, orgId: org_id, userVerifier, capabilityVerifier: issuer.verifier(), dispatcherUrl, results: store,
       host: ql.host, port: ql.port, log: log.child({ component: 'query-service' }),
       config: { ...queryConfigFromEnv(opts.env ?? process.env), ...opts.query },
     }));

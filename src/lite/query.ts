@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { pingDb, type Db } from '../db/db.js';
 import type { Logger } from '../core/log.js';
+import type { ObjectStore } from '../objectstore/objectstore.js';
 import { serve } from '../core/http.js';
 import type { UserVerifier } from '../auth/user.js';
 import type { CapabilityVerifier } from '../auth/capability.js';
@@ -20,6 +21,8 @@ export interface StartQueryServiceOptions {
   port: number;
   log: Logger;
   config?: Partial<QueryServiceConfig>;
+  /** Where batch query results go (`results/{org_id}/{query_id}/`); without it batch mode is 501. */
+  results?: ObjectStore;
 }
 
 export interface QueryServiceHandle {
@@ -38,6 +41,7 @@ export async function startQueryService(opts: StartQueryServiceOptions): Promise
   const app = buildQueryApp({
     ...queryDepsFromState(opts),
     logger: opts.log,
+    ...(opts.results ? { results: opts.results } : {}),
     ...(opts.config ? { config: opts.config } : {}),
     readyChecks: { state_database: (ms) => pingDb(opts.state, ms), data_database: (ms) => pingDb(opts.data, ms) },
   });

@@ -21,12 +21,12 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, dirname, join, sep } from 'node:path';
 import { TraceError } from '../core/errors.js';
 import { moduleEntry } from '../core/entry.js';
 import { silentLogger, type Logger } from '../core/log.js';
 import type { QueryColumn, RelationGrant, S3Settings } from './executor/engine.js';
-import type { ExecutorError, FromExecutor, ToExecutor } from './executor/protocol.js';
+import type { ExecutorError, ExportSpec, FromExecutor, ToExecutor } from './executor/protocol.js';
 import { ensureSpillRoot, executorDirName, processStartTime, removeDir, removeStaleExecutorDirs } from './executor/spill.js';
 
 export interface ExecutorPoolOptions {
@@ -89,6 +89,9 @@ export interface ExecuteRequest {
   limit: number;
   maxBytes: number;
   timeoutMs: number;
+  /** `rows` (default), `check` (the SQL gate only) or `export` (the whole result as a file). */
+  action?: 'rows' | 'check' | 'export';
+  export?: ExportSpec;
 }
 
 export interface ExecuteResult {
@@ -97,6 +100,8 @@ export interface ExecuteResult {
   truncated: boolean;
   /** The response body `{columns, rows, truncated}`, already JSON. */
   body: string;
+  /** For an export: the written file, inside the executor's own directory (the caller removes it). */
+  file?: string;
 }
 
 interface Job {
@@ -328,7 +333,7 @@ export class ExecutorPool {
       this.log.info({ event: 'query_executor_killed', reason: 'timeout', pid: e.pid }, 'query executor killed at the deadline');
       this.kill(e, 'timeout');
     }, timeoutMs);
-    const msg: ToExecutor = { t: 'run', id: e.jobId, sql: job.req.sql, relations: job.req.relations, limit: job.req.limit, maxBytes: job.req.maxBytes, timeoutMs };
+    const msg: ToExecutor = { t: 'run', id: e.jobId, sql: job.req.sql, relations: job.req.relations, limit: job.req.limit, maxBytes: job.req.maxBytes, timeoutMs, ...(job.req.action ? { action: job.req.action } : {}), ...(job.req.export ? { export: job.req.export } : {}) };
     try {
       e.proc.send(msg, (err) => {
         if (err) this.kill(e, undefined);
@@ -390,7 +395,17 @@ export class ExecutorPool {
       this.pump();
     } else if (m.t === 'done') {
       if (e.state !== 'busy' || m.id !== e.jobId) return;
-      if (m.ok) this.finishJob(e, { columns: m.columns, rowCount: m.rowCount, truncated: m.truncated, body: m.body });
+      if (m.ok) {
+        // The file name is the service's own; only the directory is the executor's.
+        const spec = e.job?.req.action === 'export' ? e.job.req.export : undefined;
+        const file = spec ? join(e.dir, basename(spec.name)) : undefined;
+        // The directory is the executor's word: only a file under the owned spill root is read.
+        if (file !== undefined && (dirname(file) === this.root || !file.startsWith(`${this.root}${sep}`))) {
+          this.finishJob(e, new TraceError(500, 'QUERY_EXECUTOR_FAILED', 'the executor wrote its export outside its directory'));
+        } else {
+          this.finishJob(e, { columns: m.columns, rowCount: m.rowCount, truncated: m.truncated, body: m.body, ...(file ? { file } : {}) });
+        }
+      }
       else this.finishJob(e, fromExecutorError(m.error));
     } else if (m.t === 'fatal') {
       this.log.error({ event: 'query_executor_failed', pid: e.pid, err: m.message }, 'query executor could not start');

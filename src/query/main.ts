@@ -6,7 +6,9 @@
  * - TRACE_DISPATCHER_URL: asked whether a task query's attempt still holds its lease
  *   (`POST /v1/task/lease-check`); task queries fail closed when it cannot be reached.
  * - TRACE_QUERY_EXECUTORS, TRACE_QUERY_EXECUTOR_MEMORY_MB: the executor pool (settings.ts).
- * - TRACE_DATA_DATABASE_URL: audit rows (its migrations are applied at start, idempotently).
+ * - TRACE_DATA_DATABASE_URL: audit and query_results rows (its migrations are applied at start, idempotently).
+ * - TRACE_OBJECT_STORE_URL (or TRACE_HOME's object folder): where batch query results are written
+ *   (`results/{org_id}/{query_id}/`); TRACE_QUERY_RESULT_RETENTION_SECONDS how long they are kept.
  * - Task tokens: TRACE_TASK_CAPABILITY_SECRET (+ _KID, _NEXT_SECRET, _NEXT_KID) for HS256, or
  *   TRACE_DISPATCHER_URL with TRACE_WORKER_TOKEN to read the Dispatcher's task JWKS
  *   (`/internal/jwks/task`, ES256).
@@ -23,6 +25,7 @@ import { createUserVerifier, userVerifierConfigFromEnv } from '../auth/user.js';
 import { WORKER_TOKEN_HEADER } from '../auth/worker-token.js';
 import { startQueryService } from '../lite/query.js';
 import { queryConfigFromEnv } from './settings.js';
+import { openObjectStore } from '../objectstore/open.js';
 
 /** The org every Trace v1 deployment creates (`bootstrapDeployment`'s default slug). */
 const DEPLOYMENT_ORG_SLUG = 'default';
@@ -93,6 +96,7 @@ export async function runQueryServiceProcess(
       capabilityVerifier: capabilityVerifier!,
       dispatcherUrl: env.dispatcherUrl!,
       config: queryConfig ?? {},
+      results: openObjectStore(env.objectStoreUrl, env.home),
       host: opts.host ?? '127.0.0.1',
       port: opts.port ?? DEFAULT_PORTS.query,
       log,

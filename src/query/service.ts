@@ -30,6 +30,15 @@ import { parseStorageRef, resolveStorageFiles, storagePrefixUrl, urlWithin, type
 import { recordTaskQuery, recordUserQuery } from './audit.js';
 import { EXECUTOR_DEFAULTS, ExecutorPool, type ExecuteResult } from './executors.js';
 import type { TaskLeaseCheck } from './lease.js';
+import { rm } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import type { ObjectStore } from '../objectstore/objectstore.js';
+import { FileObjectStore } from '../objectstore/file.js';
+import {
+  DEFAULT_RESULT_RETENTION_SECONDS, PAGE_LIMITS, decodeCursor, failAbandoned, describeResult, encodeCursor, insertQueued, markFailed, markRunning, markSucceeded,
+  newQueryId, readResult, resultGone, resultKey, resultNotFound, resultPrefix, sqlHash, sweepExpired, uploadResult, type QueryResultRow,
+} from './results.js';
 
 /** One dataset grant as carried by a task capability token (contracts/task_capability_tokens.md). */
 export interface TaskDatasetGrant {
@@ -108,6 +117,16 @@ export interface QueryServiceConfig {
   poolMaxInstances: number;
   /** A reusable instance idle this long is closed. */
   poolIdleMs: number;
+  /** Deadline of one batch query (`mode: "batch"`), like a task query's. */
+  batchTimeoutMs: number;
+  /** Batch queries running at once; the rest wait in order. */
+  batchConcurrency: number;
+  /** Batch queries accepted but not finished, at most; beyond that 429 QUERY_BUSY. */
+  batchMaxQueued: number;
+  /** How long a batch result is kept (`TRACE_QUERY_RESULT_RETENTION_SECONDS`, default 7 days). */
+  resultRetentionSeconds: number;
+  /** How often expired results are swept (objects removed, rows marked `expired`); 0: never. */
+  resultSweepMs: number;
 }
 
 export const QUERY_SERVICE_DEFAULTS: QueryServiceConfig = {
@@ -125,6 +144,11 @@ export const QUERY_SERVICE_DEFAULTS: QueryServiceConfig = {
   executorNice: EXECUTOR_DEFAULTS.nice,
   poolMaxInstances: EXECUTOR_DEFAULTS.maxInstances,
   poolIdleMs: EXECUTOR_DEFAULTS.idleMs,
+  batchTimeoutMs: 300_000,
+  batchConcurrency: 1,
+  batchMaxQueued: 64,
+  resultRetentionSeconds: DEFAULT_RESULT_RETENTION_SECONDS,
+  resultSweepMs: 60_000,
 };
 
 export interface QueryServiceDeps {
@@ -143,6 +167,11 @@ export interface QueryServiceDeps {
    */
   resolveDataset(orgId: string, name: string, version?: string): Promise<ResolvedDataset | null> | ResolvedDataset | null;
   storage?: StorageDeps;
+  /**
+   * The object store batch results are written to (`results/{org_id}/{query_id}/` in it). Without
+   * it `mode: "batch"` answers 501 RESULTS_NOT_CONFIGURED.
+   */
+  results?: ObjectStore;
   logger?: Logger;
   config?: Partial<QueryServiceConfig>;
   /** What `/readyz` probes; default the data database. */
@@ -178,10 +207,18 @@ export const userBodySchema = z.object({
   versions: z.record(z.string(), uuid).optional(),
   sql: sqlField,
   limit: limitField,
+  mode: z.enum(['interactive', 'batch']).optional(),
 }).refine((b) => (b.dataset === undefined) !== (b.datasets === undefined), { message: 'give either dataset or datasets', path: ['dataset'] })
   .refine((b) => b.version === undefined || b.dataset !== undefined, { message: 'version pins dataset; with datasets, give versions: {relation: version}', path: ['version'] })
   .refine((b) => b.versions === undefined || (b.datasets !== undefined && Object.keys(b.versions).every((k) => Object.keys(b.datasets!).includes(k))),
     { message: 'every key of versions must be a relation name of datasets', path: ['versions'] });
+
+const resultParams = z.object({ id: uuid });
+export const resultPageQuery = z.object({
+  cursor: z.string().optional(),
+  limit: z.coerce.number().int('must be an integer').min(1, 'must be from 1 to 10000').max(PAGE_LIMITS.maxLimit, 'must be from 1 to 10000').optional(),
+});
+export const resultExportQuery = z.object({ format: z.enum(['csv', 'parquet']).default('parquet') });
 
 const normRole = (r: string) => r.replace(/^role:/, '');
 
@@ -200,7 +237,16 @@ function relationsOf<T>(record: Record<string, T>): Array<{ name: string; ref: T
   return r.relations;
 }
 
+/** Slack beyond a batch query's deadline (the upload, a loaded machine) before it counts as abandoned. */
+const ABANDON_MARGIN_SECONDS = 600;
+
 const pools = new WeakMap<FastifyInstance, ExecutorPool>();
+const sweeps = new WeakMap<FastifyInstance, () => Promise<string[]>>();
+
+/** One pass of the query result expiry sweep of an app built by buildQueryApp (operators, tests). */
+export function sweepResultsOf(app: FastifyInstance): (() => Promise<string[]>) | undefined {
+  return sweeps.get(app);
+}
 
 /** The executor pool of an app built by buildQueryApp (operators' stats, tests). */
 export function executorsOf(app: FastifyInstance): ExecutorPool | undefined {
@@ -380,19 +426,204 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
     },
   );
 
+  const userAuth = async (req: FastifyRequest) => {
+    const authz = header(req, 'authorization');
+    if (!authz) throw unauthorized('missing Authorization header');
+    try {
+      principals.set(req, await deps.authenticateUser(authz));
+    } catch (e) {
+      throw asAuthError(e);
+    }
+  };
+
+  // -------------------------------------------------------------------------------------------
+  // Batch queries (ADR 0005): accepted at once with a query id, run in order in the background
+  // by this service on its executors, the whole result exported as Parquet to the results prefix.
+  // -------------------------------------------------------------------------------------------
+  interface BatchJob {
+    id: string;
+    who: UserPrincipal;
+    sql: string;
+    relations: RelationGrant[];
+    planned: PlannedRelation[];
+  }
+  const batchQueue: BatchJob[] = [];
+  let batchRunning = 0;
+  let closing = false;
+
+  function pumpBatch(): void {
+    while (!closing && batchRunning < cfg.batchConcurrency && batchQueue.length > 0) {
+      const job = batchQueue.shift()!;
+      batchRunning++;
+      void runBatch(job).finally(() => {
+        batchRunning--;
+        pumpBatch();
+      });
+    }
+  }
+
+  async function runBatch(job: BatchJob): Promise<void> {
+    const store = deps.results!;
+    const t0 = performance.now();
+    const key = resultKey(job.who.org_id, job.id);
+    const ctx = { event: 'batch_query', query_id: job.id, org_id: job.who.org_id, user_id: job.who.user_id };
+    try {
+      if (!(await markRunning(deps.dataDb, job.id))) return;
+      const r = await pool.execute({
+        caller: `batch:${job.who.user_id}`, sql: job.sql, relations: job.relations, limit: 1, maxBytes: cfg.maxBytes, timeoutMs: cfg.batchTimeoutMs,
+        action: 'export', export: { format: 'parquet', name: `result-${job.id}.parquet` },
+      });
+      const bytes = await uploadResult(store, key, r.file!);
+      const durationMs = performance.now() - t0;
+      try {
+        await audit(() =>
+          recordUserQuery(deps.dataDb, {
+            org_id: job.who.org_id,
+            user_id: job.who.user_id,
+            ...(job.who.sub ? { user_sub: job.who.sub } : {}),
+            datasets: job.planned.map((p) => ({ dataset_uuid: p.dataset_uuid, dataset_name: p.dataset_name!, dataset_version: p.dataset_version, ...(p.pii ? { pii_dataset: p.dataset_name! } : {}) })),
+            duration_ms: durationMs,
+            row_count: r.rowCount,
+            columns: r.columns.map((c) => c.name),
+            truncated: false,
+          }),
+        );
+      } catch (e) {
+        await store.deletePrefix(resultPrefix(job.who.org_id, job.id));
+        throw e;
+      }
+      // A result that expired while it ran is not resurrected: its object goes again.
+      if (!(await markSucceeded(deps.dataDb, job.id, { row_count: r.rowCount, bytes, columns: r.columns, duration_ms: durationMs }))) {
+        await store.deletePrefix(resultPrefix(job.who.org_id, job.id));
+      }
+      log.info({ ...ctx, status: 'succeeded', row_count: r.rowCount, bytes, duration_ms: Math.round(durationMs) }, 'batch query finished');
+    } catch (e) {
+      const err = e instanceof TraceError ? e : new TraceError(500, 'QUERY_FAILED', 'the batch query failed');
+      if (!(e instanceof TraceError)) log.error({ ...ctx, err: e instanceof Error ? e.message : String(e) }, 'batch query failed unexpectedly');
+      else log.info({ ...ctx, status: 'failed', code: err.code }, 'batch query failed');
+      await markFailed(deps.dataDb, job.id, { code: err.code, message: err.message, duration_ms: performance.now() - t0 }).catch((me: unknown) => {
+        log.error({ ...ctx, err: me instanceof Error ? me.message : String(me) }, 'could not record the batch query failure');
+      });
+    }
+  }
+
+  /** Accepts a batch query whose SQL passed the full gate; answers 202 with its id. */
+  async function acceptBatch(who: UserPrincipal, sql: string, relations: RelationGrant[], planned: PlannedRelation[]): Promise<Record<string, unknown>> {
+    const store = deps.results;
+    if (!store) throw new TraceError(501, 'RESULTS_NOT_CONFIGURED', 'this Query Service has no object store for query results, so batch mode is not available');
+    // The full SQL gate now, on an executor, so batch mode refuses exactly what interactive mode refuses.
+    await pool.execute({ caller: `user:${who.user_id}`, sql, relations, limit: 1, maxBytes: cfg.maxBytes, timeoutMs: cfg.userTimeoutMs, action: 'check' });
+    if (batchQueue.length + batchRunning >= cfg.batchMaxQueued) throw new TraceError(429, 'QUERY_BUSY', `${cfg.batchMaxQueued} batch queries are already waiting or running; try again later`);
+    const id = newQueryId();
+    const location = `${store.url(resultPrefix(who.org_id, id))}/`;
+    await insertQueued(deps.dataDb, { id, org_id: who.org_id, user_id: who.user_id, sql_hash: sqlHash(sql), output_location: location, retention_seconds: cfg.resultRetentionSeconds });
+    batchQueue.push({ id, who, sql, relations, planned });
+    pumpBatch();
+    return { mode: 'batch', query_id: id, status: 'queued', task_id: null, format: 'parquet', output_location: location };
+  }
+
+  /** The caller's own result, or 404 (another org's or another user's id alike); 410 once expired. */
+  async function ownResult(who: UserPrincipal, id: string): Promise<QueryResultRow> {
+    const row = await readResult(deps.dataDb, id);
+    if (!row || row.org_id !== who.org_id || row.user_id !== who.user_id) throw resultNotFound();
+    if (row.status === 'expired' || row.past_expiry) throw resultGone();
+    return row;
+  }
+
+  async function resultFile(row: QueryResultRow): Promise<string> {
+    const store = deps.results;
+    if (!store) throw new TraceError(501, 'RESULTS_NOT_CONFIGURED', 'this Query Service has no object store for query results');
+    const key = resultKey(row.org_id, row.id);
+    return store instanceof FileObjectStore ? store.localPath(key) : store.url(key);
+  }
+
+  function notReady(row: QueryResultRow): TraceError {
+    if (row.status === 'failed') return new TraceError(409, 'QUERY_RESULT_FAILED', `the batch query failed (${row.error_code ?? 'QUERY_FAILED'}): ${row.error_message ?? ''}`.trim());
+    return new TraceError(409, 'QUERY_RESULT_NOT_READY', `the batch query is ${row.status}; poll GET /v1/query-results/${row.id} until its status is succeeded`);
+  }
+
+  app.get('/v1/query-results/:id', { onRequest: userAuth }, async (req) => {
+    const who = principals.get(req);
+    if (!who) throw unauthorized();
+    const { id } = parseInput(resultParams, req.params, 'path');
+    const q = parseInput(resultPageQuery, req.query, 'query');
+    const row = await ownResult(who, id);
+    const out = describeResult(row);
+    if (row.status !== 'succeeded') return out;
+    const offset = decodeCursor(q.cursor);
+    const total = row.row_count ?? 0;
+    const limit = q.limit ?? PAGE_LIMITS.defaultLimit;
+    if (offset >= total) return { ...out, rows: [], truncated: false, next_cursor: null };
+    const file = await resultFile(row);
+    const r = await pool.execute({
+      caller: `user:${who.user_id}`, sql: `SELECT * FROM ${DATASET_RELATION} LIMIT ${limit} OFFSET ${offset}`,
+      relations: [{ name: DATASET_RELATION, files: [file] }], limit, maxBytes: cfg.maxBytes, timeoutMs: cfg.userTimeoutMs,
+    });
+    const page = JSON.parse(r.body) as { columns: unknown; rows: unknown[]; truncated: boolean };
+    const next = offset + page.rows.length;
+    return { ...out, columns: page.columns, rows: page.rows, truncated: page.truncated, next_cursor: next < total && page.rows.length > 0 ? encodeCursor(next) : null };
+  });
+
+  app.get('/v1/query-results/:id/export', { onRequest: userAuth }, async (req, reply) => {
+    const who = principals.get(req);
+    if (!who) throw unauthorized();
+    const { id } = parseInput(resultParams, req.params, 'path');
+    const { format } = parseInput(resultExportQuery, req.query, 'query');
+    const row = await ownResult(who, id);
+    if (row.status !== 'succeeded') throw notReady(row);
+    reply.header('content-disposition', `attachment; filename="${row.id}.${format}"`);
+    if (format === 'parquet') {
+      const stream = await deps.results!.getStream(resultKey(row.org_id, row.id));
+      return reply.header('content-type', 'application/vnd.apache.parquet').send(stream);
+    }
+    // CSV: DuckDB's own writer, in an executor, over the stored Parquet.
+    const file = await resultFile(row);
+    const r = await pool.execute({
+      caller: `user:${who.user_id}`, sql: `SELECT * FROM ${DATASET_RELATION}`, relations: [{ name: DATASET_RELATION, files: [file] }],
+      limit: 1, maxBytes: cfg.maxBytes, timeoutMs: cfg.batchTimeoutMs, action: 'export', export: { format: 'csv', name: `export-${randomUUID()}.csv` },
+    });
+    const csv = r.file!;
+    const stream = createReadStream(csv);
+    stream.on('close', () => void rm(csv, { force: true }));
+    return reply.header('content-type', 'text/csv; charset=utf-8').send(stream);
+  });
+
+  let sweepTimer: NodeJS.Timeout | undefined;
+  const sweep = async (): Promise<string[]> => {
+    const ids = await sweepExpired(deps.dataDb, deps.results);
+    if (ids.length > 0) log.info({ event: 'query_results_expired', count: ids.length }, 'expired query results removed');
+    // A run is bounded by its deadline plus the upload; a wait by the queue ahead of it.
+    const runSeconds = Math.ceil(cfg.batchTimeoutMs / 1000) + ABANDON_MARGIN_SECONDS;
+    const abandoned = await failAbandoned(deps.dataDb, {
+      runningSeconds: runSeconds,
+      queuedSeconds: Math.ceil(cfg.batchMaxQueued / Math.max(1, cfg.batchConcurrency)) * runSeconds + ABANDON_MARGIN_SECONDS,
+    });
+    if (abandoned.length > 0) log.warn({ event: 'query_results_abandoned', count: abandoned.length }, 'batch queries whose runner stopped marked failed');
+    return ids;
+  };
+  sweeps.set(app, sweep);
+  if (cfg.resultSweepMs > 0) {
+    const tick = () => {
+      sweepTimer = setTimeout(() => {
+        sweep().catch((e: unknown) => log.warn({ err: e instanceof Error ? e.message : String(e) }, 'query result sweep failed')).finally(() => {
+          if (!closing) tick();
+        });
+      }, cfg.resultSweepMs);
+      sweepTimer.unref();
+    };
+    tick();
+  }
+  app.addHook('onClose', async () => {
+    closing = true;
+    if (sweepTimer) clearTimeout(sweepTimer);
+    // Nothing waits for batch queries here: closing the pool ends a running one (recorded as
+    // failed when the database still answers). Rows left `queued` or `running` by a stopped
+    // service become failed (QUERY_ABANDONED) in a later sweep.
+  });
+
   app.post(
     '/v1/query',
-    {
-      onRequest: async (req) => {
-        const authz = header(req, 'authorization');
-        if (!authz) throw unauthorized('missing Authorization header');
-        try {
-          principals.set(req, await deps.authenticateUser(authz));
-        } catch (e) {
-          throw asAuthError(e);
-        }
-      },
-    },
+    { onRequest: userAuth },
     async (req, reply) => {
       const who = principals.get(req);
       if (!who) throw unauthorized();
@@ -430,6 +661,11 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
         }
         scanSql(body.sql);
         const relations = await listFiles(planned);
+        if (body.mode === 'batch') {
+          const accepted = await acceptBatch(who, body.sql, relations, planned);
+          req.log.info({ event: 'query_accepted', route: '/v1/query', mode: 'batch', query_id: accepted.query_id, ...ctx }, 'batch query accepted');
+          return reply.code(202).send(accepted);
+        }
         const result = await execute(`user:${who.user_id}`, relations, body.sql, body.limit, cfg.userTimeoutMs);
         const durationMs = performance.now() - t0;
         await audit(() =>

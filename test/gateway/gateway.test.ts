@@ -14,6 +14,8 @@ const TASK = '7d1c6c2e-8d7b-4b8e-9a57-1f0e5b0e8c22';
 /** One concrete request per allowlisted method + pattern. */
 const ALLOWED: Array<[method: string, path: string, upstream: 'dispatcher' | 'query']> = [
   ['POST', '/v1/query', 'query'],
+  ['GET', `/v1/query-results/${TASK}`, 'query'],
+  ['GET', `/v1/query-results/${TASK}/export?format=csv`, 'query'],
   ['GET', '/v1/datasets', 'dispatcher'],
   ['GET', '/v1/datasets/eth_blocks', 'dispatcher'],
   ['GET', '/v1/datasets/eth_blocks/export', 'dispatcher'],

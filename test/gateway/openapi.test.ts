@@ -57,7 +57,7 @@ if (BACKENDS.includes('postgres')) {
       // Request schemas are the handlers' zod schemas, as JSON Schema.
       const query = doc.paths['/v1/query']!.post;
       const qs = query.requestBody.content['application/json'].schema;
-      assert.deepEqual(Object.keys(qs.properties).sort(), ['dataset', 'datasets', 'limit', 'sql', 'version', 'versions']);
+      assert.deepEqual(Object.keys(qs.properties).sort(), ['dataset', 'datasets', 'limit', 'mode', 'sql', 'version', 'versions']);
       assert.deepEqual(qs.required, ['sql']);
       assert.equal(qs.properties.dataset.pattern, '^[a-z][a-z0-9_]{0,127}$');
       const deploy = doc.paths['/v1/dags/{dag}/versions']!.post;

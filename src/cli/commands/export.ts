@@ -32,7 +32,7 @@ const json = (v: unknown) => process.stdout.write(`${JSON.stringify(v, null, 2)}
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
 
 /** Streams one GET into `dest`; resolves with the bytes written. A non-2xx answer is an ApiError with the server's code. */
-function download(target: ApiTarget, path: string, dest: string, onBytes: (n: number) => void): Promise<number> {
+export function download(target: ApiTarget, path: string, dest: string, onBytes: (n: number) => void): Promise<number> {
   const url = new URL(`${target.baseUrl}${path}`);
   const mod = url.protocol === 'https:' ? https : http;
   return new Promise((done, fail) => {

@@ -91,8 +91,8 @@ export function versionsFromOptions(raw: unknown): { version?: string; versions?
 export const queryCmd: Command = {
   name: 'query',
   summary: 'Run read-only SQL through the Query Service: --dataset NAME queries the relation `dataset`; --dataset ALIAS=NAME, repeated, binds each dataset to its own relation name, for joins (SQL "-" reads stdin).',
-  usage: 'trace query --dataset NAME "SQL" | trace query --dataset ALIAS=NAME [--dataset ALIAS=NAME ...] "SQL"   [--version VERSION | --version ALIAS=VERSION ...] [--limit N] [--json]   (--version reads that dataset version instead of the current one)',
-  options: { dataset: { type: 'string', short: 'd', multiple: true }, version: { type: 'string', multiple: true }, limit: { type: 'string' }, json: { type: 'boolean' } },
+  usage: 'trace query --dataset NAME "SQL" | trace query --dataset ALIAS=NAME [--dataset ALIAS=NAME ...] "SQL"   [--version VERSION | --version ALIAS=VERSION ...] [--limit N] [--batch] [--json]   (--version reads that dataset version instead of the current one; --batch: run as a batch query, print its id; see trace query-results)',
+  options: { dataset: { type: 'string', short: 'd', multiple: true }, version: { type: 'string', multiple: true }, limit: { type: 'string' }, batch: { type: 'boolean' }, json: { type: 'boolean' } },
   async run({ values, positionals }) {
     const target = { ...datasetsFromOptions(values.dataset), ...versionsFromOptions(values.version) };
     if (positionals.length !== 1) throw new UsageError('expected exactly one SQL argument (quote it)');
@@ -101,6 +101,16 @@ export const queryCmd: Command = {
     const limit = intOption(values.limit, 'limit', 1);
     const body: Record<string, unknown> = { ...target, sql };
     if (limit !== undefined) body.limit = limit;
+    if (values.batch) {
+      if (limit !== undefined) throw new UsageError('--limit applies to interactive queries; a batch query keeps its whole result (page it with trace query-results show)');
+      const b = await api<{ query_id: string; status: string; output_location: string }>(await resolveTarget('query'), 'POST', '/v1/query', { ...body, mode: 'batch' });
+      if (values.json) return void json(b);
+      process.stdout.write(`${b.query_id}
+`);
+      process.stderr.write(`batch query ${b.status}; follow it with: trace query-results show ${b.query_id}
+`);
+      return;
+    }
     const r = await api<QueryResponse>(await resolveTarget('query'), 'POST', '/v1/query', body);
     if (values.json) return void json(r);
     const table = renderTable(r.columns.map((c) => c.name), r.rows);

@@ -200,4 +200,35 @@ CREATE TABLE buffer_rejections (
 CREATE INDEX buffer_rejections_publish ON buffer_rejections (publish_id);
 `,
   },
+  {
+    version: 4,
+    name: 'query results (ADR 0005): batch query executions and where their results live',
+    sql: `
+-- One row per persisted query execution (batch mode). No SQL text: sql_hash only. The result
+-- object lives under the results prefix; the row stays after expiry as the record of the run.
+CREATE TABLE query_results (
+  id uuid PRIMARY KEY,
+  org_id uuid NOT NULL,
+  user_id uuid NOT NULL,
+  saved_query_id uuid,
+  task_id uuid,
+  mode text NOT NULL CHECK (mode IN ('interactive', 'batch')),
+  status text NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'expired')),
+  sql_hash text NOT NULL,
+  output_format text NOT NULL DEFAULT 'parquet',
+  output_location text,
+  columns jsonb,
+  row_count bigint,
+  bytes bigint,
+  duration_ms int,
+  error_code text,
+  error_message text,
+  expires_at timestamptz NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX query_results_org_created ON query_results (org_id, created_at DESC);
+CREATE INDEX query_results_expiry ON query_results (expires_at) WHERE status <> 'expired';
+`,
+  },
 ];

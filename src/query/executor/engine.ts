@@ -24,7 +24,8 @@
  * S3_UNSUPPORTED. Egress must be restricted to the object store endpoint (ADR 0002). The S3
  * path is not exercised by this repository's tests.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, renameSync, rmSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import { join, isAbsolute } from 'node:path';
 import { DuckDBInstance, StatementType, type DuckDBConnection, type DuckDBPreparedStatement } from '@duckdb/node-api';
 import { TraceError } from '../../core/errors.js';
@@ -323,6 +324,12 @@ export class QuerySandbox implements SandboxLease {
     return executeOn(this.conn, this.files, sql, opts);
   }
 
+  /** The whole result as one file at `dest` (exportOn); gated SQL only, like `execute`. */
+  async exportTo(sql: string, format: ExportFormat, dest: string): Promise<ExportResult> {
+    if (this.closed) throw new TraceError(500, 'QUERY_SANDBOX_FAILED', 'the sandbox is closed');
+    return exportOn(this.conn, this.files, sql, this.tempDir, format, dest);
+  }
+
   /** A fresh sandbox is never reused: releasing it closes it. */
   release(): void {
     this.close();
@@ -346,30 +353,8 @@ export async function executeOn(conn: DuckDBConnection, files: readonly string[]
   const limit = clampLimit(opts.limit);
   const maxBytes = opts.maxBytes ?? ENGINE_LIMITS.maxBytes;
   try {
-    const notSelect = () => new TraceError(400, 'SQL_REJECTED', 'SQL rejected (rule not_select): only SELECT statements run in the sandbox', { extra: { rule: 'not_select' } });
-    // Fast path: parse and bind once, the wrapped statement, which must itself be exactly one
-    // SELECT. Text that is several statements, or one that is not a SELECT, cannot parse as
-    // one statement inside `FROM ( ... )` (a top-level `;` would split the wrapper).
     const wrapped = `SELECT * FROM (\n${sql}\n) AS trace_result LIMIT ${limit + 1}`;
-    let prepared: DuckDBPreparedStatement | undefined;
-    let wrapError: unknown;
-    try {
-      // Preparing refuses text that is not exactly one statement.
-      prepared = await conn.prepare(wrapped);
-    } catch (e) {
-      wrapError = e;
-    }
-    if (!prepared || prepared.statementType !== StatementType.SELECT) {
-      prepared?.destroySync();
-      // Slow path, failures only: the statement on its own says what is wrong with it.
-      const own = await conn.extractStatements(sql);
-      if (own.count !== 1) throw new TraceError(400, 'SQL_REJECTED', 'SQL rejected (rule statement_count): exactly one SELECT statement is required', { extra: { rule: 'statement_count' } });
-      const ownPrepared = await own.prepare(0);
-      const kind = ownPrepared.statementType;
-      ownPrepared.destroySync();
-      if (kind !== StatementType.SELECT || wrapError === undefined) throw notSelect();
-      throw wrapError;
-    }
+    const prepared = await prepareSelect(conn, wrapped, sql);
     const result = await prepared.stream();
     const columns: QueryColumn[] = [];
     for (let i = 0; i < result.columnCount; i++) columns.push({ name: result.columnName(i), type: result.columnType(i).toString() });
@@ -391,6 +376,64 @@ export async function executeOn(conn: DuckDBConnection, files: readonly string[]
     prepared.destroySync();
     return { columns, rows, truncated };
   } catch (e) {
+    throw classifyQueryError(e, files);
+  }
+}
+
+/**
+ * Prepares `wrapped` (the untrusted statement inside an outer SELECT), which must itself be
+ * exactly one SELECT. Text that is several statements, or one that is not a SELECT, cannot parse
+ * as one statement inside `FROM ( ... )` (a top-level `;` would split the wrapper). Fast path:
+ * parse and bind once; on failure the statement alone says what is wrong with it.
+ */
+async function prepareSelect(conn: DuckDBConnection, wrapped: string, sql: string): Promise<DuckDBPreparedStatement> {
+  const notSelect = () => new TraceError(400, 'SQL_REJECTED', 'SQL rejected (rule not_select): only SELECT statements run in the sandbox', { extra: { rule: 'not_select' } });
+  let prepared: DuckDBPreparedStatement | undefined;
+  let wrapError: unknown;
+  try {
+    prepared = await conn.prepare(wrapped);
+  } catch (e) {
+    wrapError = e;
+  }
+  if (prepared && prepared.statementType === StatementType.SELECT) return prepared;
+  prepared?.destroySync();
+  const own = await conn.extractStatements(sql);
+  if (own.count !== 1) throw new TraceError(400, 'SQL_REJECTED', 'SQL rejected (rule statement_count): exactly one SELECT statement is required', { extra: { rule: 'statement_count' } });
+  const ownPrepared = await own.prepare(0);
+  const kind = ownPrepared.statementType;
+  ownPrepared.destroySync();
+  if (kind !== StatementType.SELECT || wrapError === undefined) throw notSelect();
+  throw wrapError;
+}
+
+export type ExportFormat = 'parquet' | 'csv';
+
+export interface ExportResult {
+  columns: QueryColumn[];
+  rowCount: number;
+}
+
+/**
+ * Writes the whole result of one statement (gated SQL, exactly one SELECT, no row cap) as one
+ * file: DuckDB's own COPY, run by trusted code around the wrapped statement, into the instance's
+ * spill directory (the only directory the locked instance may write), then moved to `dest`.
+ * `dest` must be on the same file system (the executor's own directory).
+ */
+export async function exportOn(conn: DuckDBConnection, files: readonly string[], sql: string, spillDir: string, format: ExportFormat, dest: string): Promise<ExportResult> {
+  const tmp = join(spillDir, `trace-export-${randomUUID()}.${format}`);
+  try {
+    const wrapped = `SELECT * FROM (\n${sql}\n) AS trace_result`;
+    const prepared = await prepareSelect(conn, wrapped, sql);
+    const columns: QueryColumn[] = [];
+    for (let i = 0; i < prepared.columnCount; i++) columns.push({ name: prepared.columnName(i), type: prepared.columnType(i).toString() });
+    prepared.destroySync();
+    const options = format === 'parquet' ? 'FORMAT parquet' : 'FORMAT csv, HEADER true';
+    const r = await conn.runAndReadAll(`COPY (${wrapped}) TO ${sqlString(tmp)} (${options})`);
+    const rowCount = Number(r.getRows()[0]?.[0] ?? 0);
+    renameSync(tmp, dest);
+    return { columns, rowCount };
+  } catch (e) {
+    rmSync(tmp, { force: true });
     throw classifyQueryError(e, files);
   }
 }
@@ -515,5 +558,35 @@ export async function runQuery(input: RunQueryInput): Promise<QueryResultSet> {
   } finally {
     clearTimeout(timer);
     work.catch(() => {});
+  }
+}
+
+/**
+ * Runs gated SQL against one grant in a fresh sandbox (never a pooled one: its spill directory
+ * is this export's alone) and writes its whole result to `dest` (exportOn), with the timeout.
+ */
+export async function runExport(input: { grant: EngineGrant; sql: GatedSql; format: ExportFormat; dest: string; timeoutMs?: number; sandbox?: SandboxOptions }): Promise<ExportResult> {
+  if (!isGatedSql(input.sql)) throw new TraceError(500, 'SQL_NOT_GATED', 'refusing to run SQL that did not pass the SQL gate');
+  const names = normalizeGrant(input.grant).relations.map((r) => r.name);
+  if (names.join(',') !== input.sql.relations.join(',')) {
+    throw new TraceError(500, 'SQL_NOT_GATED', 'refusing to run SQL gated for other relations than the ones attached');
+  }
+  const timeoutMs = Math.max(1, input.timeoutMs ?? ENGINE_LIMITS.timeoutMs);
+  let sandbox: QuerySandbox | undefined;
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    sandbox?.interrupt();
+  }, timeoutMs);
+  try {
+    sandbox = await QuerySandbox.open(input.grant, input.sandbox);
+    if (timedOut) throw timeoutError(timeoutMs);
+    return await sandbox.exportTo(input.sql.sql, input.format, input.dest);
+  } catch (e) {
+    if (timedOut) throw timeoutError(timeoutMs);
+    throw e;
+  } finally {
+    clearTimeout(timer);
+    sandbox?.close();
   }
 }

@@ -11,13 +11,16 @@
  */
 import { TraceError } from '../../core/errors.js';
 import { SqlGate } from './gate.js';
-import { runQuery, type SandboxOptions } from './engine.js';
+import { join } from 'node:path';
+import { runExport, runQuery, type SandboxOptions } from './engine.js';
 import { SandboxPool } from './instances.js';
 import { createExecutorDir, removeDir } from './spill.js';
 import type { ExecutorError, ExecutorInit, ExecutorRun, FromExecutor, ToExecutor } from './protocol.js';
 
 /** The executor interrupts a statement this long after the deadline at which it should be dead. */
 const OWN_INTERRUPT_GRACE_MS = 1_000;
+/** An export's file name: plain, inside the executor's own directory. */
+const EXPORT_NAME_RE = /^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$/;
 
 const send = process.send?.bind(process);
 if (!send) {
@@ -86,6 +89,19 @@ async function run(m: ExecutorRun): Promise<void> {
     if (!gate) throw new TraceError(500, 'QUERY_EXECUTOR_FAILED', 'the query executor was not initialized');
     const relations = m.relations.map((r) => ({ name: r.name, files: r.files }));
     const gated = await gate.check(m.sql, relations.map((r) => r.name));
+    if (m.action === 'check') {
+      post({ t: 'done', id: m.id, ok: true, columns: [], rowCount: 0, truncated: false, body: '' });
+      return;
+    }
+    if (m.action === 'export') {
+      const spec = m.export;
+      if (!dir || !spec || !EXPORT_NAME_RE.test(spec.name) || (spec.format !== 'parquet' && spec.format !== 'csv')) {
+        throw new TraceError(500, 'QUERY_EXECUTOR_FAILED', 'invalid export request');
+      }
+      const out = await runExport({ grant: { relations }, sql: gated, format: spec.format, dest: join(dir, spec.name), timeoutMs: m.timeoutMs + OWN_INTERRUPT_GRACE_MS, sandbox });
+      post({ t: 'done', id: m.id, ok: true, columns: out.columns, rowCount: out.rowCount, truncated: false, body: '' });
+      return;
+    }
     const result = await runQuery({
       grant: { relations },
       sql: gated,

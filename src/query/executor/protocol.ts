@@ -44,6 +44,19 @@ export interface ExecutorRun {
    * little later on its own, in case it is still alive then.
    */
   timeoutMs: number;
+  /**
+   * What to do with the statement: `rows` (default) answers the capped rows as JSON; `check`
+   * only runs the SQL gate; `export` writes the whole result, uncapped, as one file
+   * `<executor dir>/<name>` in `format` (the service names the file and reads it).
+   */
+  action?: 'rows' | 'check' | 'export';
+  export?: ExportSpec;
+}
+
+export interface ExportSpec {
+  format: 'parquet' | 'csv';
+  /** A plain file name (letters, digits, `-`, `_`, `.`), no directory. */
+  name: string;
 }
 
 export type ToExecutor = ExecutorInit | ExecutorRun;
