@@ -96,7 +96,7 @@ const COVERAGE: Record<string, Entry> = {
   'jobs[].inputs[].from.output': { what: 'upstream output index', covered: [E2E] },
   'jobs[].inputs[].from.dataset': { what: 'a published dataset by name', covered: [ALERTS] },
   'jobs[].inputs[].where': {
-    what: 'read-time filter on the edge, applied by operators that declare filtersInputs (alert_route); refused on the others',
+    what: 'read-time filter on the edge, applied by operators that declare filtersInputs (alert_route) and, for jobs that read through it (UDF jobs), by the task-scoped query; refused on the others',
     covered: [ALERTS, ROUTE_WHERE],
     refused: { set: (d) => { (d.jobs[1]!.inputs as Job[])[0]!.where = { chain_id: 1 }; }, path: 'jobs[1].inputs[0].where', message: /does not apply input filters/ },
   },
