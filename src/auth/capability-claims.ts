@@ -6,6 +6,7 @@
 import { z } from 'zod';
 import { UUID_RE } from '../core/ids.js';
 import { CAPABILITY_AUDIENCE } from './jwt-common.js';
+import { FILTER_COLUMN_RE, INPUT_FILTER_LIMITS, type InputFilter } from '../core/input-filter.js';
 
 /** Where a granted dataset version lives, for trusted attach by the Query Service. */
 export type StorageRef =
@@ -20,6 +21,11 @@ export interface DatasetGrant {
   dataset_version: string;
   /** Required when the reader must attach Parquet; readers fail closed when it is missing. */
   storage_ref?: StorageRef;
+  /**
+   * The input edge filter of the task's edge from this dataset (ADR 0007): the Query Service
+   * shows the task only the rows that match. Signed with the grant, so the task cannot drop it.
+   */
+  where?: InputFilter;
 }
 
 /** Object-store prefixes for `/v1/task/credentials`: `s3://bucket/prefix/` or `file:///abs/dir/`. */
@@ -91,10 +97,16 @@ const s3StorageRef = z.strictObject({
 
 export const storageRefSchema: z.ZodType<StorageRef> = z.discriminatedUnion('scheme', [fileStorageRef, s3StorageRef]);
 
+const filterScalar = z.union([z.string().max(INPUT_FILTER_LIMITS.stringMax), z.number().refine(Number.isFinite), z.boolean()]);
+const inputFilterSchema: z.ZodType<InputFilter> = z
+  .record(z.string().regex(FILTER_COLUMN_RE), z.union([filterScalar, z.array(filterScalar).min(1).max(INPUT_FILTER_LIMITS.values)]))
+  .refine((w) => { const n = Object.keys(w).length; return n > 0 && n <= INPUT_FILTER_LIMITS.columns; }, 'must name 1 to 64 columns');
+
 export const datasetGrantSchema: z.ZodType<DatasetGrant> = z.strictObject({
   dataset_uuid: uuid,
   dataset_version: uuid,
   storage_ref: storageRefSchema.optional(),
+  where: inputFilterSchema.optional(),
 });
 
 const CANONICAL_PREFIX_RE = /^(s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\/|file:\/\/\/)/;

@@ -39,11 +39,19 @@ export interface OperatorInfo {
   /** The `update_strategy` values (and `append` key) the operator's writes honour. */
   writes: OperatorWrites;
   /**
-   * True when the operator applies the `where` filter of its input edges to what it reads. The
-   * platform carries the filter to the task but cannot apply it for the operator, so a `where`
-   * on another operator's input is refused.
+   * True when the operator applies the `where` filter of its input edges to what it reads itself
+   * (reads that do not go through the task-scoped query), on the fields of `WHERE_FIELDS` in
+   * src/dag/schema.ts. A `where` on an operator that neither applies it nor reads through the
+   * task-scoped query (`readsInputsThroughQuery`) is refused: it would have no effect.
    */
   filtersInputs?: boolean;
+  /**
+   * True when the operator reads its input rows only through the task-scoped query
+   * (`/v1/task/query`), which applies the edge's `where` for it (ADR 0007). Jobs that run user
+   * code (a `udf` block) read that way by contract and need not declare it. A `where` is then
+   * checked as column: value(s) of the upstream dataset, not against an operator allowlist.
+   */
+  readsInputsThroughQuery?: boolean;
   /** Internal operators (for example chain_sync's cryo_ingest) are invisible to user DAGs. */
   hidden?: boolean;
   /**

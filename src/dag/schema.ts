@@ -168,6 +168,16 @@ export const WHERE_FIELDS: Readonly<Record<string, { describe: string; schema: z
   dataset_key: { describe: 'a string', schema: z.string({ error: 'must be a string' }).min(1, { error: 'must not be empty' }).max(LIMITS.stringMax) },
 };
 
+/**
+ * A `where` value on an edge the task-scoped query filters: a string, a finite number or a
+ * boolean. Whether it suits the column's type is checked against the upstream schema (deploy,
+ * when known) and the files' own schema (every read).
+ */
+export const WHERE_ANY_COLUMN: { describe: string; schema: z.ZodType } = {
+  describe: 'a string, number or boolean',
+  schema: z.union([z.string().max(LIMITS.stringMax, { error: `must be at most ${LIMITS.stringMax} characters` }), z.number(), z.boolean()], { error: 'must be a string, number or boolean' }),
+};
+
 // ---------------------------------------------------------------------------------------------
 // Cron schedules: standard five-field cron, or `@every <N>s|m|h`.
 

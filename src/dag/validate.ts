@@ -34,8 +34,12 @@ const list = (values: readonly string[]) => values.map((v) => `'${v}'`).join(', 
 /** How deep a document handed to validateDag may nest before we stop walking it. */
 const MAX_WALK_DEPTH = 64;
 
+/** Who applies an input's `where` (see Validator.filterMode). */
+type FilterMode = 'operator' | 'query' | 'unknown' | { refuse: string };
+
 interface InputDraft {
   path: Path;
+  hasWhere?: boolean;
   job?: string;
   output?: number;
   dataset?: string;
@@ -259,6 +263,7 @@ class Validator {
 
     const isSource = d.activation === 'source';
     const isReactive = d.activation === 'reactive';
+    const filters = this.filterMode(raw, d);
 
     // inputs
     if (has(raw, 'inputs')) {
@@ -270,18 +275,11 @@ class Validator {
       } else if (v.length > S.LIMITS.listMax) {
         this.add([...path, 'inputs'], `must have at most ${S.LIMITS.listMax} inputs`);
       } else {
-        d.inputs = v.map((item, i) => this.input(item, [...path, 'inputs', i]));
+        d.inputs = v.map((item, i) => this.input(item, [...path, 'inputs', i], filters));
+        this.sameUpstream(d.inputs);
       }
     } else if (isReactive) {
       this.add([...path, 'inputs'], 'is required for reactive jobs');
-    }
-
-    if (d.op && d.op.filtersInputs !== true) {
-      for (const input of d.inputs) {
-        if (input.where !== undefined) {
-          this.add([...input.path, 'where'], `operator '${d.op.name}' does not apply input filters; remove where or filter in a job whose operator does (alert_route)`);
-        }
-      }
     }
 
     // reactive-only fields
@@ -474,7 +472,40 @@ class Validator {
     }
   }
 
-  private input(raw: unknown, path: Path): InputDraft {
+  /**
+   * Who applies a `where` on this job's inputs: the operator itself on its allowlisted fields
+   * (`filtersInputs`), the task-scoped query on the upstream's columns (`readsInputsThroughQuery`,
+   * or any job running user code, which reads only through it), or nobody (refused).
+   */
+  private filterMode(raw: Rec, d: JobDraft): FilterMode {
+    const op = d.op;
+    if (!op) return 'unknown';
+    if (op.filtersInputs === true) return 'operator';
+    if (op.readsInputsThroughQuery === true || has(raw, 'udf') || op.udf === 'required') return 'query';
+    return { refuse: op.name };
+  }
+
+  /**
+   * Events are routed to a job by upstream dataset, so two edges from one upstream are one edge
+   * to the router: with a filter on either, the second edge's filter would never apply.
+   */
+  private sameUpstream(inputs: InputDraft[]): void {
+    const seen = new Map<string, InputDraft>();
+    for (const input of inputs) {
+      const key = input.dataset !== undefined ? `d:${input.dataset}` : input.job !== undefined && input.output !== undefined ? `j:${input.job}#${input.output}` : undefined;
+      if (key === undefined) continue;
+      const first = seen.get(key);
+      if (!first) {
+        seen.set(key, input);
+        continue;
+      }
+      if (first.hasWhere === true || input.hasWhere === true) {
+        this.add([...input.path, 'from'], `reads the same upstream as inputs[${inputs.indexOf(first)}]; with a where filter on either, one edge per upstream (list several values in one where, a list is IN)`);
+      }
+    }
+  }
+
+  private input(raw: unknown, path: Path, filters: FilterMode = 'unknown'): InputDraft {
     const d: InputDraft = { path };
     if (!isRec(raw)) {
       this.add(path, 'each input must be a mapping like {from: {job, output}} or {from: {dataset}}');
@@ -503,13 +534,18 @@ class Validator {
       }
     }
     if (has(raw, 'where')) {
-      const w = this.where(raw.where, [...path, 'where']);
-      if (w) d.where = w;
+      d.hasWhere = true;
+      if (typeof filters === 'object') {
+        this.add([...path, 'where'], `operator '${filters.refuse}' does not apply input filters and does not read its inputs through the task-scoped query; remove where, or filter in a job that reads its rows (a UDF job, alert_route)`);
+      } else {
+        const w = this.where(raw.where, [...path, 'where'], filters);
+        if (w) d.where = w;
+      }
     }
     return d;
   }
 
-  private where(raw: unknown, path: Path): Record<string, Scalar | Scalar[]> | undefined {
+  private where(raw: unknown, path: Path, mode: 'operator' | 'query' | 'unknown'): Record<string, Scalar | Scalar[]> | undefined {
     if (typeof raw === 'string') {
       this.add(path, 'must be a map of field: value; SQL predicates are not supported');
       return undefined;
@@ -531,9 +567,15 @@ class Validator {
         continue;
       }
       const here: Path = [...path, k];
-      const field = Object.hasOwn(S.WHERE_FIELDS, k) ? S.WHERE_FIELDS[k] : undefined;
+      // The operator's own allowlist, or any column of the upstream (checked against its schema
+      // at deploy when the registry knows it, and against the files at every read).
+      const field = mode === 'operator'
+        ? (Object.hasOwn(S.WHERE_FIELDS, k) ? S.WHERE_FIELDS[k] : undefined)
+        : (S.COLUMN_RE.test(k) ? S.WHERE_ANY_COLUMN : undefined);
       if (!field) {
-        this.add(here, `'${k}' is not a filterable field (allowed: ${list(Object.keys(S.WHERE_FIELDS))})`);
+        this.add(here, mode === 'operator'
+          ? `'${k}' is not a filterable field (allowed: ${list(Object.keys(S.WHERE_FIELDS))})`
+          : `'${k}' is not a column name (letters, digits and _, not starting with a digit, at most 63)`);
         ok = false;
         continue;
       }

@@ -5,6 +5,8 @@ import type { DagParser, ParsedDag } from './dag-parser.js';
 import type { JobSpec } from '../dag/types.js';
 import { nextTick } from './schedule.js';
 import { cancelTasks } from './tasks/cancel.js';
+import { whereSchemaProblems } from './input-filters.js';
+import { lineFor, parseYamlWithLines } from '../dag/safe-yaml.js';
 
 /** Stable identity of a job output: the same `(org, dag, job, output)` is the same dataset forever. */
 export const outputDatasetUuid = (orgId: string, dag: string, job: string, output: number) =>
@@ -24,7 +26,7 @@ export interface DeployResult {
 
 const FIND_VERSION = `SELECT id FROM dag_versions WHERE org_id = $1 AND dag_name = $2 AND yaml_hash = $3`;
 const INSERT_VERSION = `INSERT INTO dag_versions (id, org_id, dag_name, yaml_hash, yaml, spec, created_by) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)`;
-const DATASETS_BY_NAME = `SELECT id, name, kind, producer_dag_name, producer_job_name, producer_output_index FROM datasets WHERE org_id = $1 AND name = ANY ($2::text[])`;
+const DATASETS_BY_NAME = `SELECT id, name, kind, producer_dag_name, producer_job_name, producer_output_index, storage FROM datasets WHERE org_id = $1 AND name = ANY ($2::text[])`;
 // Batched writes: one statement per table per chunk of rows, each chunk a JSON document, so a
 // 2,000-job DAG is a handful of statements (and the event loop gets a turn between chunks).
 const UPSERT_OUTPUT_DATASETS = `
@@ -118,13 +120,15 @@ async function insertVersion(q: Queryable, orgId: string, userId: string | null,
   const externalNames = new Set<string>();
   for (const j of spec.jobs) for (const e of j.inputs) if ('dataset' in e.from && !publishedHere.has(e.from.dataset)) externalNames.add(e.from.dataset);
   const names = [...new Set([...externalNames, ...publishedHere.keys()])];
-  const rows = (await q.query<{ id: string; name: string; kind: string; producer_dag_name: string | null; producer_job_name: string | null; producer_output_index: number | null }>(DATASETS_BY_NAME, [orgId, names])).rows;
+  const rows = (await q.query<{ id: string; name: string; kind: string; producer_dag_name: string | null; producer_job_name: string | null; producer_output_index: number | null; storage: Record<string, unknown> | null }>(DATASETS_BY_NAME, [orgId, names])).rows;
   const byName = new Map(rows.map((r) => [r.name, r]));
   spec.jobs.forEach((j, ji) => j.inputs.forEach((e, ei) => {
     if ('dataset' in e.from && !publishedHere.has(e.from.dataset) && !byName.has(e.from.dataset)) {
       problems.push({ path: `jobs[${ji}].inputs[${ei}].from.dataset`, message: `unknown dataset ${JSON.stringify(e.from.dataset)} (not in the registry and not published by this DAG)` });
     }
   }));
+  // Input filters on datasets whose schema the registry knows name its columns, with values of their types.
+  problems.push(...whereSchemaProblems(spec, byName));
   // The YAML schema knows webhook sources, but this Dispatcher has no ingress route for them:
   // refuse rather than deploy a source that can never fire.
   spec.jobs.forEach((j, ji) => {
@@ -139,7 +143,7 @@ async function insertVersion(q: Queryable, orgId: string, userId: string | null,
       problems.push({ path: `publish.${p.name}`, message: `dataset ${JSON.stringify(p.name)} is already produced by ${owner}; a dataset has one producer` });
     }
   });
-  if (problems.length > 0) throw unprocessable(`DAG ${spec.name} is invalid: ${problems.length} problem(s)`, problems, 'DAG_INVALID');
+  if (problems.length > 0) throw unprocessable(`DAG ${spec.name} is invalid: ${problems.length} problem(s)`, withLines(yaml, problems), 'DAG_INVALID');
   await turn();
 
   await q.query(INSERT_VERSION, [versionId, orgId, spec.name, yamlHash, yaml, parsed.specJson ?? JSON.stringify(spec), userId]);
@@ -175,6 +179,20 @@ async function insertVersion(q: Queryable, orgId: string, userId: string | null,
     return jobRow(j, hashes.configHashes[j.name]!, hashes.lineageHashes[j.name]!, inputs, outputsOf.get(j.name)!);
   });
   await inChunks(jobRows, (rows) => q.query(INSERT_JOBS, [orgId, spec.name, versionId, JSON.stringify(rows)]));
+}
+
+/** The problems with the YAML line of each field (or of its nearest enclosing field), as the validator gives them. */
+function withLines(yaml: string, problems: Problem[]): Problem[] {
+  let lines: ReadonlyMap<string, number>;
+  try {
+    lines = parseYamlWithLines(yaml).lines;
+  } catch {
+    return problems;
+  }
+  return problems.map((p) => {
+    const line = lineFor(lines, p.path);
+    return line === undefined ? p : { ...p, line };
+  });
 }
 
 /** One `jobs` row as a JSON record; absent keys become NULL (or the column default). */

@@ -2,6 +2,7 @@ import type { Queryable } from '../db/db.js';
 import type { CapabilityIssuer } from '../auth/capability.js';
 import { capabilityTtlSeconds } from '../auth/capability.js';
 import type { DatasetGrant, StorageRef } from '../auth/capability-claims.js';
+import type { InputFilter } from '../core/input-filter.js';
 import type { ClaimedTask, TaskPayload } from '../worker/payload.js';
 import type { JobRow } from './jobs.js';
 import type { ClaimedRow, InputCursor } from './tasks/claim.js';
@@ -66,7 +67,9 @@ export async function datasetGrants(q: Queryable, inputs: TaskPayload['inputs'])
     if (seen.has(i.dataset_version)) continue;
     seen.add(i.dataset_version);
     const ref = byVersion.get(i.dataset_version);
-    grants.push({ dataset_uuid: i.dataset_uuid, dataset_version: i.dataset_version, ...(ref ? { storage_ref: ref } : {}) });
+    // The edge's filter travels with the grant: the Query Service applies it to every read.
+    const where = (i as { where?: InputFilter }).where;
+    grants.push({ dataset_uuid: i.dataset_uuid, dataset_version: i.dataset_version, ...(ref ? { storage_ref: ref } : {}), ...(where ? { where } : {}) });
   }
   return grants;
 }

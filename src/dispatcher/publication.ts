@@ -174,14 +174,19 @@ export async function checkPublishedRef(
   return ref;
 }
 
-/** DuckDB reads the schema of the whole set (the relation the Query Service will attach). */
-async function checkDuckdbSchema(field: string, files: readonly string[]): Promise<void> {
+/**
+ * DuckDB reads the schema of the whole set (the relation the Query Service will attach); its
+ * columns as `[name, DuckDB type]`, which deploy checks input `where` filters against.
+ */
+async function checkDuckdbSchema(field: string, files: readonly string[]): Promise<Array<[string, string]>> {
   const instance = await DuckDBInstance.create(':memory:', { threads: '1', autoinstall_known_extensions: 'false', autoload_known_extensions: 'false' });
   const conn = await instance.connect();
   try {
     const list = files.map((f) => `'${f.replace(/'/g, "''")}'`).join(', ');
     const r = await conn.runAndReadAll(`DESCRIBE SELECT * FROM read_parquet([${list}])`);
-    if (r.getRows().length === 0) throw new Error('no columns');
+    const columns = r.getRowObjects().map((row): [string, string] => [String(row.column_name), String(row.column_type)]);
+    if (columns.length === 0) throw new Error('no columns');
+    return columns;
   } catch {
     throw unreadable(field, 'DuckDB cannot read a schema from these Parquet files', 'SOURCE_NOT_PARQUET');
   } finally {
@@ -192,10 +197,10 @@ async function checkDuckdbSchema(field: string, files: readonly string[]): Promi
 
 /**
  * Checks a registration's source (after `from` was parsed to a ref): allowed root or configured
- * object store, Parquet files, a schema DuckDB reads. Returns the local file list (`file`) or
- * the object count (`s3`).
+ * object store, Parquet files, a schema DuckDB reads. Returns the columns DuckDB read (`file`
+ * sources; `s3` sources are not read here, so their schema stays unknown).
  */
-export async function checkRegisteredSource(ref: StorageRefInput, storage: DatasetStorage): Promise<void> {
+export async function checkRegisteredSource(ref: StorageRefInput, storage: DatasetStorage): Promise<{ columns?: Array<[string, string]> }> {
   if (ref.scheme === 's3') {
     const store = storage.store;
     const root = store?.rootUrl.startsWith('s3://') ? (store.rootUrl.endsWith('/') ? store.rootUrl : `${store.rootUrl}/`) : undefined;
@@ -206,7 +211,7 @@ export async function checkRegisteredSource(ref: StorageRefInput, storage: Datas
     const keys = await listStoreRef(store, url.slice(root.length), ref.glob ?? DEFAULT_GLOB);
     if (keys.length === 0) throw new TraceError(422, 'NO_FILES', `no objects under from match the glob ${JSON.stringify(ref.glob ?? DEFAULT_GLOB)}`);
     for (const k of keys) if (!(await objectStartsWithMagic(store, k))) throw badRequest('from: an object it names is not a Parquet file', 'SOURCE_NOT_PARQUET');
-    return;
+    return {};
   }
   const dir = ref.prefix.replace(/\/+$/, '');
   const roots = await realRoots(storage.roots);
@@ -219,5 +224,5 @@ export async function checkRegisteredSource(ref: StorageRefInput, storage: Datas
     if (!roots.some((r) => within(r, f))) throw badRequest('from: a file resolves outside the allowed dataset roots', 'SOURCE_OUTSIDE_ROOTS');
     if (!(await isParquetFile(f))) throw badRequest(`from: ${join('.', f.slice(dir.length))} is not a Parquet file`, 'SOURCE_NOT_PARQUET');
   }
-  await checkDuckdbSchema('from', files);
+  return { columns: await checkDuckdbSchema('from', files) };
 }

@@ -15,6 +15,7 @@ import { testFail } from './test_fail/index.js';
 import { testFlaky } from './test_flaky/index.js';
 import { testEmit } from './test_emit/index.js';
 import { testIncremental } from './test_incremental/index.js';
+import { testRead } from './test_read/index.js';
 import { alertEvaluate } from './alert_evaluate/index.js';
 import { udfOperator } from './udf/index.js';
 import { cryoIngest } from './cryo_ingest/operator.js';
@@ -27,7 +28,7 @@ export interface RegistryOptions {
 }
 
 const PUBLIC_OPERATORS: readonly Operator[] = [cursorEmitter, rangeAggregator, rangeSplitter, noop, alertEvaluate, udfOperator, cryoIngest];
-const TEST_OPERATORS: readonly Operator[] = [testSleep, testFail, testFlaky, testEmit, testIncremental];
+const TEST_OPERATORS: readonly Operator[] = [testSleep, testFail, testFlaky, testEmit, testIncremental, testRead];
 
 export function operatorRegistry(opts: RegistryOptions = {}): Map<string, Operator> {
   const ops = opts.includeTestOperators ? [...PUBLIC_OPERATORS, ...TEST_OPERATORS] : PUBLIC_OPERATORS;

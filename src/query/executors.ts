@@ -261,7 +261,7 @@ export class ExecutorPool {
       return Promise.reject(new TraceError(503, 'QUERY_EXECUTOR_UNAVAILABLE', 'no query executor could be started; see the Query Service log'));
     }
     return new Promise<ExecuteResult>((resolve, reject) => {
-      const job: Job = { req, key: JSON.stringify(req.relations.map((r) => [r.name, r.files])), assigned: false, resolve, reject, settled: false };
+      const job: Job = { req, key: JSON.stringify(req.relations.map((r) => [r.name, r.files, r.where ?? null])), assigned: false, resolve, reject, settled: false };
       if (!this.canStartNow(job) && this.queue.length >= this.opts.maxQueued) {
         reject(new TraceError(429, 'QUERY_BUSY', 'the Query Service is at its concurrency limit; retry shortly'));
         return;

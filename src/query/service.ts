@@ -39,6 +39,7 @@ import {
   DEFAULT_RESULT_RETENTION_SECONDS, PAGE_LIMITS, decodeCursor, failAbandoned, describeResult, encodeCursor, insertQueued, markFailed, markRunning, markSucceeded,
   newQueryId, readResult, resultGone, resultKey, resultNotFound, resultPrefix, sqlHash, sweepExpired, uploadResult, type QueryResultRow,
 } from './results.js';
+import type { InputFilter } from '../core/input-filter.js';
 
 /** One dataset grant as carried by a task capability token (contracts/task_capability_tokens.md). */
 export interface TaskDatasetGrant {
@@ -48,6 +49,8 @@ export interface TaskDatasetGrant {
   storage_ref?: unknown;
   /** Optional: PII column names; a query then also writes a pii_access_log row. */
   pii_columns?: string[];
+  /** The input edge filter (ADR 0007): the relation shows only matching rows. */
+  where?: InputFilter;
 }
 
 /** The claims the Query Service needs; a verified CapabilityClaims satisfies this. */
@@ -262,6 +265,8 @@ interface PlannedRelation {
   pii: boolean;
   /** The registry name (user queries). */
   dataset_name?: string;
+  /** The task's input edge filter on this dataset, applied in the executor. */
+  where?: InputFilter;
 }
 
 export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
@@ -300,7 +305,7 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
     for (const [i, p] of planned.entries()) {
       const files = await listings[i]!;
       if (files.length === 0) throw notFound(planned.length > 1 ? `the dataset of relation ${p.name} has no files yet` : 'the dataset has no files yet', 'DATASET_EMPTY');
-      out.push({ name: p.name, files });
+      out.push({ name: p.name, files, ...(p.where ? { where: p.where } : {}) });
     }
     return out;
   }
@@ -395,7 +400,7 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
             const ok = (claims.s3?.read_prefixes ?? []).some((p) => urlWithin(prefix, p));
             if (!ok) throw forbidden('the dataset storage is outside the token read prefixes', 'STORAGE_OUTSIDE_GRANT');
           }
-          planned.push({ name: w.name, dataset_uuid: grant.dataset_uuid, dataset_version: grant.dataset_version ?? null, ref, pii: (grant.pii_columns?.length ?? 0) > 0 });
+          planned.push({ name: w.name, dataset_uuid: grant.dataset_uuid, dataset_version: grant.dataset_version ?? null, ref, pii: (grant.pii_columns?.length ?? 0) > 0, ...(grant.where ? { where: grant.where } : {}) });
         }
         if (planned.length === 1) ctx.dataset_uuid = planned[0]!.dataset_uuid;
         else ctx.dataset_uuids = planned.map((p) => p.dataset_uuid);

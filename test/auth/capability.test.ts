@@ -9,6 +9,7 @@ import {
   createCapabilityIssuer,
   createCapabilityVerifier,
   mintDevUserToken,
+  type CapabilityGrant,
   type CapabilityVerifier,
 } from '../../src/auth/index.js';
 import { readEnv } from '../../src/core/config.js';
@@ -105,6 +106,19 @@ describe('capability tokens: round trips', () => {
     assert.equal(err.problems?.[0]?.path, 'attempt');
     await rejects(issuer.sign(grant({ task_id: 'not-a-uuid' }), 60), 500, 'INVALID_CAPABILITY_GRANT');
     await assert.rejects(issuer.sign(grant(), 0), TypeError);
+  });
+
+  test('a dataset grant carries an input edge filter; a malformed one is not signed', async () => {
+    const issuer = await createCapabilityIssuer({ alg: 'HS256', current: { kid: 'k1', secret: SECRET } });
+    const withWhere = (where: unknown) => {
+      const g = grant();
+      return { ...g, datasets: [{ ...g.datasets[0]!, where }] } as unknown as CapabilityGrant;
+    };
+    const claims = await hsVerifier().verify(await issuer.sign(withWhere({ sym: ['eth', 'sol'], live: true, n: 1.5 }), 60));
+    assert.deepEqual(claims.datasets[0]!.where, { sym: ['eth', 'sol'], live: true, n: 1.5 });
+    for (const bad of [{}, { 'a) OR (1=1': 1 }, { sym: [] }, { sym: null }, { sym: { eq: 1 } }, "sym = 'eth'", { sym: 'x'.repeat(300) }]) {
+      await rejects(issuer.sign(withWhere(bad), 60), 500, 'INVALID_CAPABILITY_GRANT');
+    }
   });
 
   test('configuration: short secrets, bad kids, clock tolerance above 60 s are refused', async () => {

@@ -66,6 +66,7 @@ const UDF_TIMEOUT: Ref = ['test/udf-platform/hostile.test.ts', 'a bundle that ru
 const BUNDLE: Ref = ['test/udf-platform/hostile.test.ts', 'a wrong entrypoint or unknown bundle fails too'];
 const ALERTS: Ref = ['test/udf-platform/alerting-e2e.test.ts', 'evaluates, sinks, routes and delivers each alert exactly once'];
 const ROUTE_WHERE: Ref = ['test/alerting/route.test.ts', 'routes the range, one delivery per channel, gated by where and age'];
+const EDGE_READ: Ref = ['test/query/edge-filters.test.ts', 'the consumer with a where sees exactly the matching rows; its unfiltered sibling sees all'];
 const WHERE_REFUSED: Ref = ['test/alerting/route.test.ts', 'refuses where fields alert_events does not have'];
 const CRON: Ref = ['test/dispatcher/failures.test.ts', 'cron sources fire on schedule and missed ticks fire once'];
 const ALWAYS_ON: Ref = ['test/dispatcher/sources.test.ts', 'an always-on source keeps exactly one live task and is restarted when it ends'];
@@ -96,8 +97,8 @@ const COVERAGE: Record<string, Entry> = {
   'jobs[].inputs[].from.output': { what: 'upstream output index', covered: [E2E] },
   'jobs[].inputs[].from.dataset': { what: 'a published dataset by name', covered: [ALERTS] },
   'jobs[].inputs[].where': {
-    what: 'read-time filter on the edge, applied by operators that declare filtersInputs (alert_route); refused on the others',
-    covered: [ALERTS, ROUTE_WHERE],
+    what: 'read-time filter on the edge, applied by operators that declare filtersInputs (alert_route) and, for jobs that read through it (UDF jobs), by the task-scoped query; refused on the others',
+    covered: [ALERTS, ROUTE_WHERE, EDGE_READ],
     refused: { set: (d) => { (d.jobs[1]!.inputs as Job[])[0]!.where = { chain_id: 1 }; }, path: 'jobs[1].inputs[0].where', message: /does not apply input filters/ },
   },
   'jobs[].inputs[].where.severity': { what: 'filter on alert severity', covered: [ALERTS, ROUTE_WHERE] },

@@ -257,6 +257,50 @@ test('where filters: allowlisted fields, typed values, no nesting, no SQL', () =
   assertProblem(p, at(13, '.severity'), /null/);
 });
 
+test('where on a job that reads through the task-scoped query: any column, scalar values, one edge per upstream', () => {
+  const d = wide();
+  d.jobs.push({
+    name: 'reader', activation: 'reactive', runtime: 'lambda', operator: 'udf', execution_strategy: 'PerUpdate',
+    inputs: [{ from: { dataset: 'trades' }, where: { sym: ['eth', 'sol'], id: 3, live: true, px: 1.5, Mixed_Case: 'x' } }],
+    outputs: 1, update_strategy: 'replace', udf: { bundle_id: 'b-1', entrypoint: 'index.js' },
+  });
+  const spec2 = validateDag(d, catalog);
+  assert.deepEqual(spec2.jobs.at(-1)!.inputs[0]!.where, { sym: ['eth', 'sol'], id: 3, live: true, px: 1.5, Mixed_Case: 'x' });
+
+  const reader = d.jobs.at(-1);
+  const input = (w: unknown, from: unknown = { dataset: 'trades' }) => ({ from, where: w });
+  reader.inputs = [
+    input({ 'bad-col': 1 }, { dataset: 'a1' }),
+    input({ '1st': 1 }, { dataset: 'a2' }),
+    input({ sym: { eq: 'eth' } }, { dataset: 'a3' }),
+    input({ sym: null }, { dataset: 'a4' }),
+    input({ sym: [] }, { dataset: 'a5' }),
+    input({ sym: [['eth']] }, { dataset: 'a6' }),
+    input("sym = 'eth' OR 1=1", { dataset: 'a7' }),
+    input({}, { dataset: 'a8' }),
+    input({ sym: 'x'.repeat(300) }, { dataset: 'a9' }),
+    { from: { dataset: 'trades' } },
+    input({ sym: 'eth' }),
+  ];
+  const p = check(d);
+  const at = (i: number, rest = '') => `jobs[${d.jobs.length - 1}].inputs[${i}]${rest}`;
+  assertProblem(p, at(0, '.where.bad-col'), /not a column name/);
+  assertProblem(p, at(1, '.where.1st'), /not a column name/);
+  assertProblem(p, at(2, '.where.sym'), /nested maps/);
+  assertProblem(p, at(3, '.where.sym'), /null/);
+  assertProblem(p, at(4, '.where.sym'), /non-empty list/);
+  assertProblem(p, at(5, '.where.sym[0]'), /single values/);
+  assertProblem(p, at(6, '.where'), /SQL predicates are not supported/);
+  assertProblem(p, at(7, '.where'), /at least one field/);
+  assertProblem(p, at(8, '.where.sym'), /at most 256/);
+  assertProblem(p, at(10, '.from'), /same upstream as inputs\[9\].*one edge per upstream/);
+
+  // Operators that neither apply a filter nor read through the task-scoped query refuse it.
+  const agg = d.jobs.find((j: Doc) => j.operator === 'range_aggregator');
+  agg.inputs[0].where = { chain_id: 1 };
+  assertProblem(check(d), `jobs[${d.jobs.indexOf(agg)}].inputs[0].where`, /does not apply input filters and does not read its inputs through the task-scoped query/);
+});
+
 test('v1 refuses runtime ecs_udf and activation manual with clear messages', () => {
   const d = spec();
   d.jobs[1].runtime = 'ecs_udf';
@@ -529,7 +573,7 @@ test('many problems are reported together in one error', () => {
   assertProblem(p, 'jobs[1].max_queue_depth', /reserved/);
   assertProblem(p, 'jobs[1].unique_key', /required/);
   assertProblem(p, 'jobs[2].inputs[0].from.job', /unknown job/);
-  assertProblem(p, 'jobs[2].inputs[1].where.colour', /not a filterable field/);
+  assertProblem(p, 'jobs[2].inputs[1].where', /does not apply input filters/);
   assertProblem(p, 'publish.blocks_parquet.storage', /reserved/);
   assert.ok(p.length >= 7);
 });

@@ -155,6 +155,9 @@ const FIND_VERSION = `
 SELECT id FROM dataset_versions
 WHERE dataset_uuid = $1 AND config_hash = $2 AND range_start IS NULL AND range_end IS NULL`;
 const SET_CURRENT = `UPDATE datasets SET current_version = $2, updated_at = now() WHERE id = $1`;
+const SET_COLUMNS = `
+UPDATE datasets SET storage = CASE WHEN $2::jsonb IS NULL THEN storage - 'columns' ELSE jsonb_set(storage, '{columns}', $2::jsonb) END
+WHERE id = $1 AND storage -> 'columns' IS DISTINCT FROM $2::jsonb`;
 /** The update a changed registration is: recorded once, then routed by the outbox like a task's events. */
 const RECORD_EVENT = `
 WITH ins AS (
@@ -180,7 +183,7 @@ export async function registerExternalDataset(db: Db, orgId: string, name: strin
   const g = globSchema.safeParse(glob ?? DEFAULT_GLOB);
   if (!g.success) throw badRequest('invalid glob: must be a relative glob without . or .. segments', 'INVALID_REQUEST');
   const { ref, location } = await storageRefFor(from, g.data);
-  await checkRegisteredSource(ref, storage);
+  const { columns } = await checkRegisteredSource(ref, storage);
   let listed: { hash: string; files: number | null; bytes: number | null };
   if (ref.scheme === 'file') listed = await fileSetHash(ref);
   else listed = { hash: sha256Hex(canonicalJson({ ref })), files: null, bytes: null };
@@ -197,6 +200,9 @@ export async function registerExternalDataset(db: Db, orgId: string, name: strin
     if (row.kind !== 'external') {
       throw conflict(`the dataset name ${name} belongs to a ${row.kind === 'job_output' ? 'job output' : `${row.kind} dataset`}; choose another name`, 'DATASET_NAME_TAKEN');
     }
+    // The schema DuckDB read is kept with the dataset (or dropped when unknown): deploy checks
+    // input `where` filters on this dataset against it.
+    await q.query(SET_COLUMNS, [row.id, columns ? JSON.stringify(columns) : null]);
     const base = { name, dataset_uuid: row.id, kind: 'external' as const, created, storage_ref: ref, files: listed.files, bytes: listed.bytes };
     if (row.current_version) {
       const cur = (await q.query<{ config_hash: string | null }>(CURRENT_HASH, [row.current_version])).rows[0];

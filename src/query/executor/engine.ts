@@ -29,6 +29,7 @@ import { randomUUID } from 'node:crypto';
 import { join, isAbsolute } from 'node:path';
 import { DuckDBInstance, StatementType, type DuckDBConnection, type DuckDBPreparedStatement } from '@duckdb/node-api';
 import { TraceError } from '../../core/errors.js';
+import { columnClass, filterValueProblem, inputFilterShapeProblem, type FilterValue, type InputFilter } from '../../core/input-filter.js';
 import { isGatedSql, DATASET_RELATION, type GatedSql } from './gate.js';
 import { MAX_RELATIONS, relationNameProblem } from './relations.js';
 import { defaultTempRoot } from './spill.js';
@@ -66,6 +67,13 @@ export interface RelationGrant {
   name: string;
   /** Absolute local paths or `s3://bucket/key` URLs. */
   files: string[];
+  /**
+   * The input edge filter of a task's grant (ADR 0007): the relation shows only the rows whose
+   * columns match (AND across columns, a list is IN). Built here by trusted code from typed
+   * literals; a column the files do not have, or a value its type cannot hold, fails the query
+   * (422 INPUT_FILTER_INVALID) rather than reading unfiltered rows.
+   */
+  where?: InputFilter;
 }
 
 /**
@@ -94,7 +102,8 @@ export function normalizeGrant(grant: EngineGrant): NormalizedGrant {
     if (typeof r.name !== 'string' || relationNameProblem(r.name) !== undefined || r.name !== r.name.toLowerCase() || names.has(r.name)) sandboxFail('relation name');
     names.add(r.name);
     checkFiles(r.files);
-    relations.push({ name: r.name, files: [...r.files] });
+    if (r.where !== undefined && inputFilterShapeProblem(r.where) !== undefined) sandboxFail('input filter');
+    relations.push({ name: r.name, files: [...r.files], ...(r.where !== undefined ? { where: r.where } : {}) });
   }
   relations.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const files = [...new Set(relations.flatMap((r) => r.files))].sort();
@@ -243,6 +252,47 @@ export async function createInstance(opts: SandboxOptions, tempDir: string): Pro
   }
 }
 
+/** Column name -> DuckDB type of what `scan` returns. */
+async function describeColumns(c: DuckDBConnection, scan: string): Promise<Map<string, string>> {
+  const r = await c.runAndReadAll(`DESCRIBE ${scan}`);
+  const out = new Map<string, string>();
+  for (const row of r.getRowObjects()) out.set(String(row.column_name), String(row.column_type));
+  return out;
+}
+
+/** One typed SQL literal for a filter value already checked against the column's type. */
+function filterLiteral(type: string, v: FilterValue): string {
+  const cls = columnClass(type);
+  if (cls === 'blob') return `from_hex(${sqlString((v as string).slice(2))})`;
+  if (typeof v === 'boolean') return v ? 'TRUE' : 'FALSE';
+  if (typeof v === 'number') return Number.isInteger(v) ? v.toFixed(0) : String(v);
+  return sqlString(v);
+}
+
+/**
+ * The WHERE clause of a filtered relation: `"col" = literal` or `"col" IN (...)`, ANDed. Columns
+ * must be among `columns` (the files' own schema), values must suit each column's type
+ * (src/core/input-filter.ts, the same rules deploy checks); otherwise 422 INPUT_FILTER_INVALID.
+ */
+export function filterPredicate(where: InputFilter, columns: ReadonlyMap<string, string>, which = ''): string {
+  const parts: string[] = [];
+  for (const [col, raw] of Object.entries(where)) {
+    const type = columns.get(col);
+    if (type === undefined) {
+      throw new TraceError(422, 'INPUT_FILTER_INVALID', `the input filter names column ${col}, which the dataset${which} does not have`);
+    }
+    const values = Array.isArray(raw) ? raw : [raw];
+    for (const v of values) {
+      const problem = filterValueProblem(type, v);
+      if (problem) throw new TraceError(422, 'INPUT_FILTER_INVALID', `the input filter on column ${col}${which}: ${problem}`);
+    }
+    const lits = values.map((v) => filterLiteral(type, v));
+    const ident = `"${col.replace(/"/g, '""')}"`;
+    parts.push(lits.length === 1 ? `${ident} = ${lits[0]}` : `${ident} IN (${lits.join(', ')})`);
+  }
+  return parts.map((p) => `(${p})`).join(' AND ');
+}
+
 /**
  * Trusted attach: each relation's files as a TEMP VIEW of the connection under the relation's
  * name (`read_parquet` over the exact list, scanned in place). A temp view shadows any
@@ -253,11 +303,15 @@ export async function createInstance(opts: SandboxOptions, tempDir: string): Pro
 export async function attachDataset(c: DuckDBConnection, relations: readonly RelationGrant[]): Promise<void> {
   for (const r of relations) {
     try {
-      await c.run(`CREATE TEMP VIEW "${r.name}" AS SELECT * FROM read_parquet([${r.files.map(sqlString).join(', ')}])`);
+      const scan = `SELECT * FROM read_parquet([${r.files.map(sqlString).join(', ')}])`;
+      const filter = r.where ? filterPredicate(r.where, await describeColumns(c, scan), relations.length > 1 ? ` (relation ${r.name})` : '') : undefined;
+      await c.run(`CREATE TEMP VIEW "${r.name}" AS ${scan}${filter ? ` WHERE ${filter}` : ''}`);
     } catch (e) {
+      if (e instanceof TraceError) throw e;
       const msg = scrubEngineMessage(errorText(e), r.files);
       const which = relations.length > 1 ? ` (relation ${r.name})` : '';
       if (/^(IO|HTTP) Error/.test(errorText(e))) throw new TraceError(503, 'DATASET_UNAVAILABLE', `the dataset could not be read${which}: ${msg}`);
+      if (r.where) throw new TraceError(422, 'INPUT_FILTER_INVALID', `the input filter cannot be applied to the dataset${which}: ${msg}`);
       throw new TraceError(500, 'DATASET_ATTACH_FAILED', `the dataset could not be attached${which}: ${msg}`);
     }
   }

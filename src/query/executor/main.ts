@@ -87,7 +87,7 @@ async function init(m: ExecutorInit): Promise<void> {
 async function run(m: ExecutorRun): Promise<void> {
   try {
     if (!gate) throw new TraceError(500, 'QUERY_EXECUTOR_FAILED', 'the query executor was not initialized');
-    const relations = m.relations.map((r) => ({ name: r.name, files: r.files }));
+    const relations = m.relations.map((r) => ({ name: r.name, files: r.files, ...(r.where !== undefined ? { where: r.where } : {}) }));
     const gated = await gate.check(m.sql, relations.map((r) => r.name));
     if (m.action === 'check') {
       post({ t: 'done', id: m.id, ok: true, columns: [], rowCount: 0, truncated: false, body: '' });
