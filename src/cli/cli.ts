@@ -15,6 +15,7 @@ import { udfCommands } from './commands/udf.js';
 import { chainSyncCommands } from './commands/chain-sync.js';
 import { sinkCommands } from './commands/sink.js';
 import { alertCommands } from './commands/alerts.js';
+import { orgCommands } from './commands/orgs.js';
 import { datasetsList, datasetsRegister, queryCmd, queryServiceCmd } from './commands/query.js';
 import { datasetsExport, gcCmd } from './commands/export.js';
 import { deliveryCmd, dispatcherCmd, gatewayCmd, liteDown, liteInfo, liteUp, migrateCmd, rpcGatewayCmd, tokenDevUser, workerCmd } from './commands/platform.js';
@@ -24,6 +25,7 @@ export const COMMANDS: Command[] = [
   liteUp, liteDown, liteInfo, migrateCmd, dispatcherCmd, workerCmd, gatewayCmd, rpcGatewayCmd, queryServiceCmd, deliveryCmd, ...sinkCommands,
   queryCmd, datasetsList, datasetsRegister, datasetsExport, gcCmd, ...chainSyncCommands,
   dagDeploy, dagVersions, dagActivate, dagTrigger, ...taskCommands, ...alertCommands, tokenDevUser, ...udfCommands,
+  ...orgCommands,
 ];
 
 /** Group words that are not commands themselves (`trace dag`, `trace lite`, ...), with their subcommands. */

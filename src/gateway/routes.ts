@@ -61,6 +61,15 @@ export const ROUTES: readonly RouteRule[] = [
   admin(['GET'], '/v1/chain-sync/{name}'),
   admin(['POST'], '/v1/chain-sync/{name}/pause'),
   admin(['POST'], '/v1/chain-sync/{name}/resume'),
+  // The deployment org, its users, roles and memberships (src/dispatcher/http/org-routes.ts).
+  admin(['GET'], '/v1/admin/orgs'),
+  admin(['GET'], '/v1/admin/orgs/{org}'),
+  admin(['GET'], '/v1/admin/roles'),
+  admin(['GET', 'POST'], '/v1/admin/users'),
+  admin(['GET', 'DELETE'], '/v1/admin/users/{id}'),
+  admin(['GET', 'POST'], '/v1/admin/members'),
+  admin(['PUT'], '/v1/admin/members/{id}'),
+  admin(['DELETE'], '/v1/admin/members/{id}/{role}'),
 ];
 
 /**
