@@ -17,7 +17,7 @@ import { userAuth } from './user-routes.js';
 const roleSlug = z.string().regex(/^[a-z][a-z0-9_-]{0,63}$/, 'must be a role name such as admin or member');
 /** An IdP subject as tokens carry it (`users.external_id`); `task:` is reserved for capability tokens. */
 const subject = z.string().min(1).max(256)
-  .refine((s) => !/[\u0000-\u001f\u007f]/.test(s), 'must not contain control characters')
+  .refine((s) => !/\p{Cc}/u.test(s), 'must not contain control characters')
   .refine((s) => !s.startsWith('task:'), 'must not start with task:');
 
 export const addUserBody = z.strictObject({
