@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { mintDevUserToken } from '../../src/auth/user.js';
 import { newId } from '../../src/core/ids.js';
+import { silentLogger } from '../../src/core/log.js';
 import { ROUTES } from '../../src/gateway/routes.js';
 import { BACKENDS } from '../support/db.js';
 import { startPlatform, type TestPlatform } from '../support/platform.js';
@@ -113,7 +114,7 @@ for (const backend of BACKENDS) {
     };
 
     before(async () => {
-      p = await startPlatform(backend, { workers: 0 });
+      p = await startPlatform(backend, { workers: 0, log: silentLogger });
       gw = p.info.gateway_url;
       const secret = (JSON.parse(await readFile(`${p.info.home}/secrets.json`, 'utf8')) as { user_jwt_secret: string }).user_jwt_secret;
       for (const who of PRINCIPALS) tokens[who] = who === 'admin' ? p.admin : await mintDevUserToken(secret, `authz-${who}`);
