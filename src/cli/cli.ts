@@ -15,6 +15,7 @@ import { udfCommands } from './commands/udf.js';
 import { chainSyncCommands } from './commands/chain-sync.js';
 import { sinkCommands } from './commands/sink.js';
 import { alertCommands } from './commands/alerts.js';
+import { orgCommands } from './commands/orgs.js';
 import { datasetsList, datasetsRegister, queryCmd, queryServiceCmd } from './commands/query.js';
 import { datasetsExport, gcCmd } from './commands/export.js';
 import { datasetsShow, invalidateCmd } from './commands/invalidate.js';
@@ -26,6 +27,7 @@ export const COMMANDS: Command[] = [
   liteUp, liteDown, liteInfo, migrateCmd, dispatcherCmd, workerCmd, gatewayCmd, rpcGatewayCmd, queryServiceCmd, deliveryCmd, ...sinkCommands,
   queryCmd, datasetsList, datasetsRegister, datasetsExport, gcCmd, ...chainSyncCommands, datasetsShow, invalidateCmd, ...queryResultsCommands,
   dagDeploy, dagVersions, dagActivate, dagTrigger, ...taskCommands, ...alertCommands, tokenDevUser, ...udfCommands,
+  ...orgCommands,
 ];
 
 /** Group words that are not commands themselves (`trace dag`, `trace lite`, ...), with their subcommands. */

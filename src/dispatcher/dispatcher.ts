@@ -18,6 +18,7 @@ import { adminRoutes } from './http/admin-routes.js';
 import { datasetAdminRoutes } from './http/dataset-admin-routes.js';
 import { exportRoutes } from './http/export-routes.js';
 import { gcRoutes } from './http/gc-routes.js';
+import { orgRoutes } from './http/org-routes.js';
 import { runGc, scratchGcCollector, type GcCollector } from './gc.js';
 import { invalidationCompletionHook, processInvalidations } from './invalidations.js';
 import { invalidationRoutes } from './http/invalidation-routes.js';
@@ -90,6 +91,7 @@ export class Dispatcher {
     exportRoutes(this.app, this.ctx);
     gcRoutes(this.app, this.ctx);
     invalidationRoutes(this.app, this.ctx);
+    orgRoutes(this.app, this.ctx);
     for (const r of extraRoutes) r(this.app, this.ctx);
     for (const p of plugins) p.routes?.(this.app, this.ctx);
     const s = deps.settings;

@@ -37,6 +37,7 @@ async function operationSpecs(): Promise<Schemas> {
     import('../dispatcher/http/gc-routes.js'),
     import('../dispatcher/http/invalidation-routes.js'),
   ]);
+  const orgs = await import('../dispatcher/http/org-routes.js');
   return {
     'POST /v1/query': { summary: 'Run validated read-only SQL over one or several datasets (mode batch: 202 with a query_id)', body: query.userBodySchema },
     'GET /v1/query-results/{id}': { summary: 'A batch query result: its status and, once succeeded, a page of rows (cursor, limit)', query: query.resultPageQuery },
@@ -71,6 +72,17 @@ async function operationSpecs(): Promise<Schemas> {
     'POST /v1/chain-sync/{name}/resume': { summary: 'Resume a chain sync, re-checking its chain first (admin)' },
     'GET /v1/datasets/{name}/invalidations': { summary: 'The invalidations of a dataset with their status, re-runs and cascades', query: invalidations.invalidationsQuery },
     'POST /v1/datasets/{name}/invalidations': { summary: 'Invalidate a partition or a block range of a dataset: its producing task, then each task downstream, re-runs once (admin)', body: invalidations.invalidationBody, success: 201 },
+    'GET /v1/admin/orgs': { summary: 'The deployment org (v1 is single-org) with its member and admin counts (admin)' },
+    'GET /v1/admin/orgs/{org}': { summary: 'The deployment org by slug or id, with its roles; any other org is 404 (admin)' },
+    'GET /v1/admin/roles': { summary: 'The org roles and how many users hold each (admin)' },
+    'GET /v1/admin/users': { summary: 'Users of the org with their roles, removed ones included (admin)', query: orgs.usersQuery },
+    'POST /v1/admin/users': { summary: 'Add a user (IdP subject) to the org with one role, or let a removed one back in (admin)', body: orgs.addUserBody, success: 201 },
+    'GET /v1/admin/users/{id}': { summary: 'One user of the org with its roles (admin)' },
+    'DELETE /v1/admin/users/{id}': { summary: 'Remove a user from the org: every role goes, access ends on the next request; the last admin cannot go (admin)' },
+    'GET /v1/admin/members': { summary: 'Current members of the org with their roles (admin)', query: orgs.membersQuery },
+    'POST /v1/admin/members': { summary: 'Grant a user one more role (idempotent) (admin)', body: orgs.grantBody, success: 201 },
+    'PUT /v1/admin/members/{id}': { summary: 'Make a role the user\'s only role; demoting the last admin is refused (admin)', body: orgs.setRoleBody },
+    'DELETE /v1/admin/members/{id}/{role}': { summary: 'Revoke one role; the last admin keeps it (admin)' },
   };
 }
 

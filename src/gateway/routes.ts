@@ -68,6 +68,15 @@ export const ROUTES: readonly RouteRule[] = [
   admin(['POST'], '/v1/chain-sync/{name}/resume'),
   // Data invalidations (src/dispatcher/invalidations.ts): record one; the Dispatcher re-runs what it covers.
   admin(['POST'], '/v1/datasets/{name}/invalidations'),
+  // The deployment org, its users, roles and memberships (src/dispatcher/http/org-routes.ts).
+  admin(['GET'], '/v1/admin/orgs'),
+  admin(['GET'], '/v1/admin/orgs/{org}'),
+  admin(['GET'], '/v1/admin/roles'),
+  admin(['GET', 'POST'], '/v1/admin/users'),
+  admin(['GET', 'DELETE'], '/v1/admin/users/{id}'),
+  admin(['GET', 'POST'], '/v1/admin/members'),
+  admin(['PUT'], '/v1/admin/members/{id}'),
+  admin(['DELETE'], '/v1/admin/members/{id}/{role}'),
 ];
 
 /**

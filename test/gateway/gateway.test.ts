@@ -46,6 +46,17 @@ const ALLOWED: Array<[method: string, path: string, upstream: 'dispatcher' | 'qu
   ['POST', '/v1/chain-sync/monad_mainnet/resume', 'dispatcher'],
   ['GET', '/v1/datasets/eth_blocks/invalidations', 'dispatcher'],
   ['POST', '/v1/datasets/eth_blocks/invalidations', 'dispatcher'],
+  ['GET', '/v1/admin/orgs', 'dispatcher'],
+  ['GET', '/v1/admin/orgs/default', 'dispatcher'],
+  ['GET', '/v1/admin/roles', 'dispatcher'],
+  ['GET', '/v1/admin/users', 'dispatcher'],
+  ['POST', '/v1/admin/users', 'dispatcher'],
+  ['GET', '/v1/admin/users/00000000-0000-4000-8000-000000000000', 'dispatcher'],
+  ['DELETE', '/v1/admin/users/00000000-0000-4000-8000-000000000000', 'dispatcher'],
+  ['GET', '/v1/admin/members', 'dispatcher'],
+  ['POST', '/v1/admin/members', 'dispatcher'],
+  ['PUT', '/v1/admin/members/00000000-0000-4000-8000-000000000000', 'dispatcher'],
+  ['DELETE', '/v1/admin/members/00000000-0000-4000-8000-000000000000/member', 'dispatcher'],
 ];
 
 test('the case list covers every method of every allowlisted pattern, and nothing routes /v1/task or /internal', () => {
