@@ -11,6 +11,7 @@ import { BACKENDS } from '../support/db.js';
 import { startPlatform, type TestPlatform } from '../support/platform.js';
 import { webhookSignature } from '../../src/dispatcher/webhooks.js';
 import { dispatcherSettingsFromEnv } from '../../src/dispatcher/settings.js';
+import { captureLogger } from '../support/log-capture.js';
 
 const dag = (name: string, jobs: Array<{ job: string; path: string }>) => `name: ${name}
 jobs:
@@ -30,6 +31,7 @@ for (const backend of BACKENDS) {
     let p: TestPlatform;
     let gw: string;
     let secret: string;
+    const logs = captureLogger('debug');
     const taskCount = async () => (await p.dbs.state.query<{ n: number }>(`SELECT count(*)::int AS n FROM tasks`)).rows[0]!.n;
 
     /** POST a delivery through the Gateway; signed with `key` unless headers say otherwise. */
@@ -57,7 +59,7 @@ for (const backend of BACKENDS) {
     };
 
     before(async () => {
-      p = await startPlatform(backend, { workers: 0, settings: { webhookMaxBodyBytes: 1024, webhookRatePerMinute: 30 } });
+      p = await startPlatform(backend, { workers: 0, log: logs.log, settings: { webhookMaxBodyBytes: 1024, webhookRatePerMinute: 30 } });
       gw = p.info.gateway_url;
       const d = await p.api('POST', '/v1/dags/hooked/versions?activate=true', dag('hooked', [{ job: 'ingest', path: '/hooks/feed' }, { job: 'flood', path: 'hooks/flood' }]));
       assert.equal(d.status, 201, JSON.stringify(d.body));
@@ -174,6 +176,13 @@ for (const backend of BACKENDS) {
       assert.equal(limited.body.code, 'RATE_LIMITED');
       assert.ok(Number(limited.headers.get('retry-after')) >= 1);
       assert.equal((await deliver('hooks/feed', '{}')).status, 202, 'another source has its own bucket');
+    });
+
+    it('no secret is ever logged', () => {
+      assert.ok(logs.lines.length > 50, 'the platform logged');
+      const all = JSON.stringify(logs.lines);
+      assert.ok(!all.includes('whsec_'), 'no signing secret in any log line');
+      assert.ok(all.includes('webhook accepted') && all.includes('webhook refused'));
     });
 
     it('webhook routes need the admin role for secrets, and the settings come from the environment', async () => {
