@@ -181,6 +181,18 @@ JOIN dag_current_versions d ON d.dag_version_id = j.dag_version_id
 JOIN webhook_secrets s ON s.org_id = j.org_id AND s.dag_name = j.dag_name AND s.job_name = j.name
 WHERE j.org_id = $1 AND j.source->>'kind' = 'webhook' AND ltrim(j.source->>'webhook_path', '/') = $2`;
 
+/**
+ * How long an accepted event id is remembered: a week, and always more than twice the tolerance
+ * (a delivery stamped `tolerance` ahead of the clock is still acceptable `2 × tolerance` later).
+ */
+export const replayRetentionSeconds = (toleranceSeconds: number) => Math.max(7 * 86_400, 2 * toleranceSeconds + 60);
+
+const PRUNE_DELIVERIES = `
+DELETE FROM webhook_deliveries WHERE (org_id, dag_name, job_name, event_id) IN (
+  SELECT org_id, dag_name, job_name, event_id FROM webhook_deliveries
+  WHERE org_id = $1 AND dag_name = $2 AND job_name = $3 AND received_at < now() - make_interval(secs => $4)
+  LIMIT 10)`;
+
 const EVENT_ID_RE = /^[A-Za-z0-9._:-]{1,200}$/;
 
 /**
@@ -235,6 +247,9 @@ export async function ingestWebhook(db: Db, orgId: string, d: WebhookDelivery, s
     }
     await q.query(`UPDATE webhook_deliveries SET task_id = $5 WHERE org_id = $1 AND dag_name = $2 AND job_name = $3 AND event_id = $4`,
       [orgId, src.dag_name, src.job_name, id, task]);
+    // Forget this source's oldest event ids once no timestamp they were sent with can pass the
+    // tolerance check again; a few per delivery, so the table stays bounded without a sweep.
+    await q.query(PRUNE_DELIVERIES, [orgId, src.dag_name, src.job_name, replayRetentionSeconds(s.toleranceSeconds)]);
     return { task_id: task, dag: src.dag_name, job: src.job_name, event_id: id };
   });
 }

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import { BACKENDS } from '../support/db.js';
 import { startPlatform, type TestPlatform } from '../support/platform.js';
-import { webhookSignature } from '../../src/dispatcher/webhooks.js';
+import { replayRetentionSeconds, webhookSignature } from '../../src/dispatcher/webhooks.js';
 import { dispatcherSettingsFromEnv } from '../../src/dispatcher/settings.js';
 import { captureLogger } from '../support/log-capture.js';
 import { claimOk } from '../support/drive.js';
@@ -196,6 +196,17 @@ for (const backend of BACKENDS) {
       assert.equal((await deliver('hooks/feed', '{}')).status, 202, 'another source has its own bucket');
     });
 
+    it('event ids are remembered for a week (more than twice the tolerance), then forgotten', async () => {
+      const { rows } = await p.dbs.state.query<{ org_id: string; task_id: string }>(`SELECT org_id, task_id FROM webhook_deliveries WHERE event_id = 'evt_replay'`);
+      const ins = `INSERT INTO webhook_deliveries (org_id, dag_name, job_name, event_id, task_id, received_at) VALUES ($1, 'hooked', 'ingest', $2, $3, now() - make_interval(secs => $4))`;
+      await p.dbs.state.query(ins, [rows[0]!.org_id, 'evt_ancient', rows[0]!.task_id, 8 * 86_400]);
+      await p.dbs.state.query(ins, [rows[0]!.org_id, 'evt_recent', rows[0]!.task_id, 6 * 86_400]);
+      assert.equal((await deliver('hooks/feed', '{}')).status, 202);
+      const left = (await p.dbs.state.query<{ event_id: string }>(`SELECT event_id FROM webhook_deliveries WHERE event_id IN ('evt_ancient', 'evt_recent')`)).rows.map((r) => r.event_id);
+      assert.deepEqual(left, ['evt_recent']);
+      await refused(409, 'WEBHOOK_REPLAYED', () => deliver('hooks/feed', '{}', { id: 'evt_recent' }));
+    });
+
     it('no secret is ever logged', () => {
       assert.ok(logs.lines.length > 50, 'the platform logged');
       const all = JSON.stringify(logs.lines);
@@ -206,6 +217,8 @@ for (const backend of BACKENDS) {
     it('webhook routes need the admin role for secrets, and the settings come from the environment', async () => {
       const noAuth = await fetch(`${gw}/v1/dags/hooked/webhooks`);
       assert.equal(noAuth.status, 401);
+      assert.equal(replayRetentionSeconds(300), 7 * 86_400);
+      assert.equal(replayRetentionSeconds(400_000), 800_060);
       assert.deepEqual(dispatcherSettingsFromEnv({ TRACE_WEBHOOK_TOLERANCE_SECONDS: '60', TRACE_WEBHOOK_MAX_BODY_BYTES: '2048', TRACE_WEBHOOK_RATE_PER_MINUTE: '5' }),
         { webhookToleranceSeconds: 60, webhookMaxBodyBytes: 2048, webhookRatePerMinute: 5 });
     });
