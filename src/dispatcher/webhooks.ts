@@ -8,7 +8,7 @@
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Db, Queryable } from '../db/db.js';
-import { TraceError, notFound, unprocessable, type Problem } from '../core/errors.js';
+import { TraceError, badRequest, notFound, type Problem } from '../core/errors.js';
 import { createTasks } from './tasks/create.js';
 
 /** Request headers of a signed delivery. */
@@ -209,7 +209,7 @@ export async function ingestWebhook(db: Db, orgId: string, d: WebhookDelivery, s
   if (id === undefined || timestamp === undefined || signature === undefined) {
     throw unauthenticated(`a signed delivery needs the ${WEBHOOK_ID_HEADER}, ${WEBHOOK_TIMESTAMP_HEADER} and ${WEBHOOK_SIGNATURE_HEADER} headers`, 'WEBHOOK_SIGNATURE_MISSING');
   }
-  if (!EVENT_ID_RE.test(id)) throw unprocessable(`${WEBHOOK_ID_HEADER} must be 1 to 200 characters of A-Z a-z 0-9 . _ : -`, [{ path: WEBHOOK_ID_HEADER, message: 'malformed' }]);
+  if (!EVENT_ID_RE.test(id)) throw badRequest(`${WEBHOOK_ID_HEADER} must be 1 to 200 characters of A-Z a-z 0-9 . _ : -`, 'WEBHOOK_ID_INVALID');
   if (!/^\d{1,12}$/.test(timestamp)) throw unauthenticated(`${WEBHOOK_TIMESTAMP_HEADER} must be Unix seconds`, 'WEBHOOK_TIMESTAMP_INVALID');
   const expected = webhookSignature(src.secret, timestamp, id, d.body);
   // Several space- or comma-separated signatures may be sent; one valid one is enough.

@@ -123,6 +123,7 @@ for (const backend of BACKENDS) {
       const hex = createHmac('sha256', secret).update(`${ts}.x1.{}`).digest('hex');
       await refused(401, 'WEBHOOK_SIGNATURE_INVALID', () => deliver('hooks/feed', '{}', { id: 'x1', ts: Number(ts), headers: { 'x-trace-webhook-signature': hex } }));
       await refused(401, 'WEBHOOK_SIGNATURE_MISSING', () => deliver('hooks/feed', '{}', { sign: false }));
+      await refused(400, 'WEBHOOK_ID_INVALID', () => deliver('hooks/feed', '{}', { id: 'has space' }));
     });
 
     it('a timestamp outside the tolerance is refused, in the past and in the future', async () => {
@@ -153,6 +154,18 @@ for (const backend of BACKENDS) {
       assert.equal(d.status, 201, JSON.stringify(d.body));
       await refused(404, 'WEBHOOK_NOT_FOUND', () => deliver('hooks/dormant', '{}'));
       assert.equal((await p.api('GET', '/v1/dags/dormant/webhooks')).status, 404);
+    });
+
+    it('activating a version whose webhook_path another active DAG took since is refused with 409', async () => {
+      // dormant (inactive, deployed above) has hooks/dormant; an active DAG may take it meanwhile.
+      const thief = await p.api('POST', '/v1/dags/thief/versions?activate=true', dag('thief', [{ job: 'j', path: 'hooks/dormant' }]));
+      assert.equal(thief.status, 201, JSON.stringify(thief.body));
+      const versions = await p.api('GET', '/v1/dags/dormant/versions');
+      const r = await p.api('PUT', '/v1/dags/dormant/active', { dag_version_id: versions.body.versions[0].dag_version_id });
+      assert.equal(r.status, 409, JSON.stringify(r.body));
+      assert.equal(r.body.code, 'WEBHOOK_PATH_TAKEN');
+      assert.match(r.body.error, /thief\.j/);
+      assert.equal((await p.api('GET', '/v1/dags/dormant/webhooks')).status, 404, 'still inactive');
     });
 
     it('after a rotation the old secret is refused and the new one works', async () => {
