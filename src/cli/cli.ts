@@ -9,7 +9,7 @@ import { TraceError } from '../core/errors.js';
 import { closest } from '../core/suggest.js';
 import { type Command, CliError, UsageError, firstSentence, helpText, parseCommandArgs } from './args.js';
 import { ApiError } from './client.js';
-import { dagActivate, dagDeploy, dagTrigger, dagVersions } from './commands/dag.js';
+import { dagActivate, dagDeploy, dagTrigger, dagVersions, dagWebhooks } from './commands/dag.js';
 import { taskCommands } from './commands/tasks.js';
 import { udfCommands } from './commands/udf.js';
 import { chainSyncCommands } from './commands/chain-sync.js';
@@ -26,7 +26,7 @@ import { deliveryCmd, dispatcherCmd, gatewayCmd, liteDown, liteInfo, liteUp, mig
 export const COMMANDS: Command[] = [
   liteUp, liteDown, liteInfo, migrateCmd, dispatcherCmd, workerCmd, gatewayCmd, rpcGatewayCmd, queryServiceCmd, deliveryCmd, ...sinkCommands,
   queryCmd, datasetsList, datasetsRegister, datasetsExport, gcCmd, ...chainSyncCommands, datasetsShow, invalidateCmd, ...queryResultsCommands,
-  dagDeploy, dagVersions, dagActivate, dagTrigger, ...taskCommands, ...alertCommands, tokenDevUser, ...udfCommands,
+  dagDeploy, dagVersions, dagActivate, dagTrigger, dagWebhooks, ...taskCommands, ...alertCommands, tokenDevUser, ...udfCommands,
   ...orgCommands,
 ];
 

@@ -7,6 +7,7 @@ import { nextTick } from './schedule.js';
 import { cancelTasks } from './tasks/cancel.js';
 import { whereSchemaProblems } from './input-filters.js';
 import { lineFor, parseYamlWithLines } from '../dag/safe-yaml.js';
+import { assertWebhookPathsFree, ensureWebhookSecrets, lockWebhookPaths, webhookPathProblems } from './webhooks.js';
 
 /** Stable identity of a job output: the same `(org, dag, job, output)` is the same dataset forever. */
 export const outputDatasetUuid = (orgId: string, dag: string, job: string, output: number) =>
@@ -129,13 +130,11 @@ async function insertVersion(q: Queryable, orgId: string, userId: string | null,
   }));
   // Input filters on datasets whose schema the registry knows name its columns, with values of their types.
   problems.push(...whereSchemaProblems(spec, byName));
-  // The YAML schema knows webhook sources, but this Dispatcher has no ingress route for them:
-  // refuse rather than deploy a source that can never fire.
-  spec.jobs.forEach((j, ji) => {
-    if (j.source?.kind === 'webhook') {
-      problems.push({ path: `jobs[${ji}].source.kind`, message: 'webhook sources are not served by this deployment yet; use manual (the trigger route) or cron' });
-    }
-  });
+  // A webhook_path is unique in the org among active DAGs (the lock serializes deploys of different DAGs).
+  if (spec.jobs.some((j) => j.source?.kind === 'webhook')) {
+    await lockWebhookPaths(q, orgId);
+    problems.push(...await webhookPathProblems(q, orgId, spec.name, spec.jobs));
+  }
   spec.publish.forEach((p) => {
     const prev = byName.get(p.name);
     if (prev && (prev.kind !== 'job_output' || prev.producer_dag_name !== spec.name || prev.producer_job_name !== p.from.job || prev.producer_output_index !== p.from.output)) {
@@ -179,6 +178,7 @@ async function insertVersion(q: Queryable, orgId: string, userId: string | null,
     return jobRow(j, hashes.configHashes[j.name]!, hashes.lineageHashes[j.name]!, inputs, outputsOf.get(j.name)!);
   });
   await inChunks(jobRows, (rows) => q.query(INSERT_JOBS, [orgId, spec.name, versionId, JSON.stringify(rows)]));
+  await ensureWebhookSecrets(q, orgId, spec.name, spec.jobs.filter((j) => j.source?.kind === 'webhook').map((j) => j.name));
 }
 
 /** The problems with the YAML line of each field (or of its nearest enclosing field), as the validator gives them. */
@@ -226,6 +226,7 @@ async function isActive(q: Queryable, orgId: string, dag: string, versionId: str
  * of jobs whose outputs can no longer become current (their lineage changed).
  */
 async function activate(q: Queryable, orgId: string, dag: string, versionId: string): Promise<void> {
+  await assertWebhookPathsFree(q, orgId, dag, versionId);
   await q.query(
     `INSERT INTO dag_current_versions (org_id, dag_name, dag_version_id) VALUES ($1, $2, $3)
      ON CONFLICT (org_id, dag_name) DO UPDATE SET dag_version_id = EXCLUDED.dag_version_id, updated_at = now()`,

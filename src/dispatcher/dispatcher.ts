@@ -15,6 +15,7 @@ import { taskRoutes } from './http/task-routes.js';
 import { batchRoutes } from './http/batch-routes.js';
 import { userRoutes } from './http/user-routes.js';
 import { adminRoutes } from './http/admin-routes.js';
+import { webhookRoutes } from './http/webhook-routes.js';
 import { datasetAdminRoutes } from './http/dataset-admin-routes.js';
 import { exportRoutes } from './http/export-routes.js';
 import { gcRoutes } from './http/gc-routes.js';
@@ -92,6 +93,7 @@ export class Dispatcher {
     gcRoutes(this.app, this.ctx);
     invalidationRoutes(this.app, this.ctx);
     orgRoutes(this.app, this.ctx);
+    webhookRoutes(this.app, this.ctx);
     for (const r of extraRoutes) r(this.app, this.ctx);
     for (const p of plugins) p.routes?.(this.app, this.ctx);
     const s = deps.settings;

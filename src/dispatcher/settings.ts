@@ -58,6 +58,12 @@ export interface DispatcherSettings {
   reconcileGraceSeconds: number;
   /** Events older than this are not reconciled any more. */
   reconcileLookbackSeconds: number;
+  /** A signed webhook delivery whose timestamp is further than this from the clock is refused (401). */
+  webhookToleranceSeconds: number;
+  /** Largest webhook body accepted (413 above); the body travels in the task's trigger. */
+  webhookMaxBodyBytes: number;
+  /** Token bucket per webhook path: this many deliveries a minute, with a burst of as many (429 above). */
+  webhookRatePerMinute: number;
 }
 
 export function defaultSettings(overrides: Partial<DispatcherSettings> = {}): DispatcherSettings {
@@ -87,6 +93,9 @@ export function defaultSettings(overrides: Partial<DispatcherSettings> = {}): Di
     reconcileIntervalMs: 60_000,
     reconcileGraceSeconds: 30,
     reconcileLookbackSeconds: 86_400,
+    webhookToleranceSeconds: 300,
+    webhookMaxBodyBytes: 256 * 1024,
+    webhookRatePerMinute: 60,
     ...overrides,
   };
 }
@@ -127,6 +136,9 @@ export function dispatcherSettingsFromEnv(env: NodeJS.ProcessEnv): Partial<Dispa
   set('reconcileIntervalMs', 'TRACE_RECONCILE_INTERVAL_MS', 100, 86_400_000);
   set('reconcileGraceSeconds', 'TRACE_RECONCILE_GRACE_SECONDS', 0, 86_400);
   set('reconcileLookbackSeconds', 'TRACE_RECONCILE_LOOKBACK_SECONDS', 1, 31 * 86_400);
+  set('webhookToleranceSeconds', 'TRACE_WEBHOOK_TOLERANCE_SECONDS', 1, 86_400);
+  set('webhookMaxBodyBytes', 'TRACE_WEBHOOK_MAX_BODY_BYTES', 1, 1024 * 1024);
+  set('webhookRatePerMinute', 'TRACE_WEBHOOK_RATE_PER_MINUTE', 1, 1_000_000);
   return out;
 }
 

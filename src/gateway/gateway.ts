@@ -254,6 +254,13 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
         return reply.code(204).headers(h).send();
       }
       void reply.headers(cors.responseHeaders(origin));
+      if (a.match.rule.audience === 'webhook') {
+        // No user token: the Dispatcher checks the HMAC signature and rate-limits per source.
+        const declared = req.headers['content-length'];
+        if (declared !== undefined && Number(declared) > limits.maxBodyBytes) throw payloadTooLarge(`request body is larger than ${limits.maxBodyBytes} bytes`);
+        if (expectsContinue(req.raw)) reply.raw.writeContinue();
+        return undefined;
+      }
       const authz = headerString(req, 'authorization');
       if (authz === undefined) throw unauthorized('missing Authorization header');
       const who = await opts.userVerifier.verify(authz);
@@ -286,12 +293,12 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
       if (a.console && consoleApp) return consoleApp.handle(req, reply, a.target, a.requestId);
       const rule = a.match!.rule;
       const who = identities.get(req);
-      if (!who) throw unauthorized();
+      if (!who && rule.audience !== 'webhook') throw unauthorized();
       return proxy(req, reply, a, rule, who);
     },
   });
 
-  async function proxy(req: FastifyRequest, reply: FastifyReply, a: Admitted, rule: RouteRule, who: UserIdentity): Promise<FastifyReply> {
+  async function proxy(req: FastifyRequest, reply: FastifyReply, a: Admitted, rule: RouteRule, who: UserIdentity | undefined): Promise<FastifyReply> {
     const upstream = upstreams[rule.upstream];
     let body: Awaited<ReturnType<typeof requestBody>>;
     try {
@@ -301,14 +308,17 @@ export function buildGateway(opts: GatewayOptions): FastifyInstance {
       void reply.header('connection', 'close');
       throw e;
     }
-    const headers = upstreamRequestHeaders(req.headers, a.requestId, body === undefined ? undefined : body.length);
+    const webhook = rule.audience === 'webhook';
+    const headers = upstreamRequestHeaders(req.headers, a.requestId, body === undefined ? undefined : body.length, webhook);
+    // A webhook sender's Authorization header (if any) is not a Trace token: never forward it.
+    if (webhook) delete headers.authorization;
     const abort = new AbortController();
     const onClose = () => {
       if (!reply.raw.writableFinished) abort.abort();
     };
     reply.raw.once('close', onClose);
     const pathAndQuery = a.target.query === '' ? a.target.path : `${a.target.path}?${a.target.query}`;
-    const logCtx = { request_id: a.requestId, method: req.method, route: rule.pattern, upstream: upstream.name, sub: who.sub };
+    const logCtx = { request_id: a.requestId, method: req.method, route: rule.pattern, upstream: upstream.name, ...(who ? { sub: who.sub } : {}) };
     let res: IncomingMessage;
     try {
       res = await upstream.request({ method: req.method, pathAndQuery, headers, body: body?.data, signal: abort.signal });

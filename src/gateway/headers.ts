@@ -42,9 +42,12 @@ export const CORS_EXPOSED_RESPONSE_HEADERS = 'x-request-id, retry-after';
 
 export const REQUEST_ID_HEADER = 'x-request-id';
 
-export function upstreamRequestHeaders(incoming: IncomingHttpHeaders, requestId: string, contentLength: number | undefined): OutgoingHttpHeaders {
+/** Forwarded on webhook ingress routes only: the delivery's id, timestamp and signature. */
+export const WEBHOOK_REQUEST_HEADERS: ReadonlySet<string> = new Set(['x-trace-webhook-id', 'x-trace-webhook-timestamp', 'x-trace-webhook-signature']);
+
+export function upstreamRequestHeaders(incoming: IncomingHttpHeaders, requestId: string, contentLength: number | undefined, webhook = false): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {};
-  for (const name of FORWARDED_REQUEST_HEADERS) {
+  for (const name of webhook ? [...FORWARDED_REQUEST_HEADERS, ...WEBHOOK_REQUEST_HEADERS] : FORWARDED_REQUEST_HEADERS) {
     const v = incoming[name];
     if (typeof v === 'string') out[name] = v;
   }

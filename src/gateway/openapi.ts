@@ -18,6 +18,8 @@ interface OperationSpec {
   yaml?: boolean;
   query?: z.ZodType;
   success?: number;
+  /** A webhook ingress route: no user token, a raw body of any type, the signature headers. */
+  webhook?: true;
 }
 
 type Schemas = Record<string, OperationSpec>;
@@ -83,6 +85,9 @@ async function operationSpecs(): Promise<Schemas> {
     'POST /v1/admin/members': { summary: 'Grant a user one more role (idempotent) (admin)', body: orgs.grantBody, success: 201 },
     'PUT /v1/admin/members/{id}': { summary: 'Make a role the user\'s only role; demoting the last admin is refused (admin)', body: orgs.setRoleBody },
     'DELETE /v1/admin/members/{id}/{role}': { summary: 'Revoke one role; the last admin keeps it (admin)' },
+    'GET /v1/dags/{dag}/webhooks': { summary: 'The webhook sources of the active version: path, URL and signing secret (admin)' },
+    'POST /v1/dags/{dag}/webhooks/{job}/rotate': { summary: 'Replace a webhook source\'s signing secret; the old one stops working at once (admin)' },
+    'POST /v1/webhooks/{path+}': { summary: 'Deliver a signed event to a webhook source; 202 with the task it created', webhook: true, success: 202 },
   };
 }
 
@@ -102,16 +107,23 @@ function jsonSchema(schema: z.ZodType, io: 'input' | 'output' = 'input'): Record
 
 function operation(rule: RouteRule, method: string, spec: OperationSpec | undefined): Record<string, unknown> {
   if (!spec) throw new Error(`no OpenAPI description for ${method} ${rule.pattern}`);
-  const params = [...rule.pattern.matchAll(/\{([a-z]+)\}/g)].map((m) => ({
-    name: m[1], in: 'path', required: true, schema: { type: 'string', pattern: PARAM_RE.source },
-  }));
+  const params: unknown[] = [...rule.pattern.matchAll(/\{([a-z]+)(\+?)\}/g)].map((m) => (m[2] === '+'
+    ? { name: m[1], in: 'path', required: true, description: 'One or more segments (a webhook_path such as hooks/my_feed)', schema: { type: 'string' } }
+    : { name: m[1], in: 'path', required: true, schema: { type: 'string', pattern: PARAM_RE.source } }));
+  if (spec.webhook) {
+    params.push(
+      { name: 'x-trace-webhook-id', in: 'header', required: true, description: 'Event id, unique per source (replays are 409)', schema: { type: 'string', pattern: '^[A-Za-z0-9._:-]{1,200}$' } },
+      { name: 'x-trace-webhook-timestamp', in: 'header', required: true, description: 'Unix seconds; outside the tolerance (default 300 s) is 401', schema: { type: 'string', pattern: '^[0-9]{1,12}$' } },
+      { name: 'x-trace-webhook-signature', in: 'header', required: true, description: 'v1=<hex HMAC-SHA256 of "timestamp.id.body" keyed by the source secret>', schema: { type: 'string' } },
+    );
+  }
   const query: unknown[] = [];
   if (spec.query) {
     const q = jsonSchema(spec.query) as { properties?: Record<string, unknown>; required?: string[] };
     for (const [name, schema] of Object.entries(q.properties ?? {})) query.push({ name, in: 'query', required: q.required?.includes(name) ?? false, schema });
   }
   const op: Record<string, unknown> = {
-    operationId: `${method.toLowerCase()}${rule.pattern.replace(/\{([a-z]+)\}/g, 'By-$1').split(/[/-]/).filter(Boolean).map((w) => w[0]!.toUpperCase() + w.slice(1)).join('')}`,
+    operationId: `${method.toLowerCase()}${rule.pattern.replace('+}', '}').replace(/\{([a-z]+)\}/g, 'By-$1').split(/[/-]/).filter(Boolean).map((w) => w[0]!.toUpperCase() + w.slice(1)).join('')}`,
     summary: spec.summary,
     tags: [rule.audience],
     ...(params.length + query.length > 0 ? { parameters: [...params, ...query] } : {}),
@@ -120,6 +132,10 @@ function operation(rule: RouteRule, method: string, spec: OperationSpec | undefi
       default: { description: 'Failure in the stable error shape', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
     },
   };
+  if (spec.webhook) {
+    op.security = [];
+    op.requestBody = { required: false, content: { '*/*': { schema: {} } } };
+  }
   if (spec.body) {
     op.requestBody = {
       required: true,
@@ -141,12 +157,12 @@ export function openApiDocument(): Promise<Record<string, unknown>> {
     const paths: Record<string, Record<string, unknown>> = {};
     for (const rule of ROUTES) {
       for (const method of rule.methods) {
-        (paths[rule.pattern] ??= {})[method.toLowerCase()] = operation(rule, method, specs[`${method} ${rule.pattern}`]);
+        (paths[rule.pattern.replace('+}', '}')] ??= {})[method.toLowerCase()] = operation(rule, method, specs[`${method} ${rule.pattern}`]);
       }
     }
     return {
       openapi: '3.1.0',
-      info: { title: 'Trace API', version: '1', description: 'The user and admin routes of the Trace Gateway. Every route takes a Bearer user token; admin routes need the admin role.' },
+      info: { title: 'Trace API', version: '1', description: 'The user and admin routes of the Trace Gateway. Every route takes a Bearer user token (admin routes need the admin role), except webhook deliveries, which carry an HMAC signature instead.' },
       paths,
       components: {
         schemas: { Error: ERROR_SCHEMA },

@@ -17,8 +17,11 @@ export interface RouteRule {
   methods: readonly Method[];
   pattern: string;
   upstream: Upstream;
-  /** Who the backend lets in; informational here, the backend enforces it. */
-  audience: 'user' | 'admin';
+  /**
+   * Who the backend lets in; informational here, the backend enforces it. `webhook` routes take
+   * no user token: the backend checks the delivery's HMAC signature instead.
+   */
+  audience: 'user' | 'admin' | 'webhook';
   rateClass: RateClass;
 }
 
@@ -77,6 +80,12 @@ export const ROUTES: readonly RouteRule[] = [
   admin(['GET', 'POST'], '/v1/admin/members'),
   admin(['PUT'], '/v1/admin/members/{id}'),
   admin(['DELETE'], '/v1/admin/members/{id}/{role}'),
+  admin(['GET'], '/v1/dags/{dag}/webhooks'),
+  admin(['POST'], '/v1/dags/{dag}/webhooks/{job}/rotate'),
+
+  // ---- Webhook ingress (src/dispatcher/http/webhook-routes.ts): signed by the source's secret ----
+  // `{path+}` is one or more segments (a webhook_path like `hooks/my_feed`).
+  { methods: ['POST'], pattern: '/v1/webhooks/{path+}', upstream: 'dispatcher', audience: 'webhook', rateClass: 'default' },
 ];
 
 /**
@@ -88,15 +97,17 @@ export const PARAM_RE = /^[A-Za-z0-9][A-Za-z0-9._~:-]{0,255}$/;
 
 interface CompiledRule {
   rule: RouteRule;
-  parts: Array<{ literal: string } | { param: string }>;
+  parts: Array<{ literal: string } | { param: string; rest?: true }>;
 }
 
 function compile(rules: readonly RouteRule[]): CompiledRule[] {
   return rules.map((rule) => {
     if (!rule.pattern.startsWith('/v1/')) throw new TypeError(`gateway route ${rule.pattern} must live under /v1/`);
-    const parts = rule.pattern.slice(1).split('/').map((seg) => {
-      const m = /^\{([a-z]+)\}$/.exec(seg);
-      if (m) return { param: m[1]! };
+    const segs = rule.pattern.slice(1).split('/');
+    const parts = segs.map((seg, i) => {
+      const m = /^\{([a-z]+)(\+?)\}$/.exec(seg);
+      if (m && m[2] === '+' && i !== segs.length - 1) throw new TypeError(`gateway route ${rule.pattern}: {${m[1]}+} must be the last segment`);
+      if (m) return m[2] === '+' ? { param: m[1]!, rest: true as const } : { param: m[1]! };
       if (!/^[a-z0-9-]+$/.test(seg)) throw new TypeError(`gateway route ${rule.pattern} has a bad segment`);
       return { literal: seg };
     });
@@ -121,13 +132,18 @@ export class RouteTable {
   matchPath(segments: readonly string[]): RouteMatch[] {
     const out: RouteMatch[] = [];
     outer: for (const c of this.#compiled) {
-      if (c.parts.length !== segments.length) continue;
+      const last = c.parts[c.parts.length - 1]!;
+      const rest = 'rest' in last && last.rest === true;
+      if (rest ? segments.length < c.parts.length : c.parts.length !== segments.length) continue;
       const params: Record<string, string> = {};
       for (let i = 0; i < segments.length; i++) {
-        const part = c.parts[i]!;
+        const part = c.parts[Math.min(i, c.parts.length - 1)]!;
         const seg = segments[i]!;
         if ('literal' in part) {
           if (part.literal !== seg) continue outer;
+        } else if (part.rest) {
+          if (!PARAM_RE.test(seg)) continue outer;
+          params[part.param] = params[part.param] === undefined ? seg : `${params[part.param]}/${seg}`;
         } else {
           if (!PARAM_RE.test(seg)) continue outer;
           params[part.param] = seg;

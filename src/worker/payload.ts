@@ -16,7 +16,9 @@ export interface TaskPayload {
   timeout_seconds: number;
   heartbeat_timeout_seconds: number;
   // What triggered the task: an upstream event, a manual trigger, or a cron tick.
-  trigger: { kind: 'event' | 'manual' | 'cron'; cursor?: number | string; start?: number; end?: number; partition_key?: string; fired_at?: string };
+  trigger: { kind: 'event' | 'manual' | 'cron' | 'webhook'; cursor?: number | string; start?: number; end?: number; partition_key?: string; fired_at?: string;
+    // webhook: the delivery (event_id, timestamp, webhook_path) and its body, as text or base64.
+    event_id?: string; timestamp?: number; webhook_path?: string; content_type?: string | null; body?: string; body_base64?: string };
   // The input events (event-triggered tasks), with the edge's where-filter. Each also carries the
   // job's last committed cursor on that dataset version (`last_cursor`, null before the first
   // completion; a Completed task advances it to the input's `cursor`) and the job's

@@ -61,6 +61,37 @@ describe(`trace admin commands against a platform (${backend})`, () => {
     assert.match(ok.stdout, /^created task [0-9a-f-]{36} \(about 12 tasks in all\)\n$/);
   });
 
+  it('dag webhooks: shows each webhook source with its secret; --rotate replaces one', async () => {
+    const file = join(dir, 'hooks.yaml');
+    await writeFile(file, `name: cli_hooks
+jobs:
+  - name: ingest
+    activation: source
+    runtime: ecs_platform
+    operator: test_sleep
+    source: { kind: webhook, webhook_path: cli/feed }
+    outputs: 1
+    config: { ms: 1 }
+`);
+    assert.equal((await trace(['dag', 'deploy', file, '--activate'], env)).code, 0);
+    const text = await trace(['dag', 'webhooks', 'cli_hooks'], env);
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(text.stdout, /ingest +cli\/feed +\/v1\/webhooks\/cli\/feed +whsec_/);
+    const json = JSON.parse((await trace(['dag', 'webhooks', 'cli_hooks', '--json'], env)).stdout) as { webhooks: Array<{ job: string; secret: string }> };
+    const before = json.webhooks[0]!.secret;
+    const rotated = await trace(['dag', 'webhooks', 'cli_hooks', '--rotate', 'ingest', '--json'], env);
+    assert.equal(rotated.code, 0, rotated.stderr);
+    const after = (JSON.parse(rotated.stdout) as { secret: string }).secret;
+    assert.notEqual(after, before);
+    assert.equal((await p.api('GET', '/v1/dags/cli_hooks/webhooks')).body.webhooks[0].secret, after);
+    const help = await trace(['dag', 'webhooks', '--help'], env);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /trace dag webhooks NAME \[--rotate JOB\] \[--json\]/);
+    const missing = await trace(['dag', 'webhooks', 'cli_hooks', '--rotate', 'nope'], env);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /WEBHOOK_SOURCE_NOT_FOUND/);
+  });
+
   it('tasks show and tasks cancel', async () => {
     const t = await trace(['dag', 'trigger', 'hello_ranges', 'source', '--cursor', '3499', '--json'], env);
     const id = (JSON.parse(t.stdout) as { task_id: string }).task_id;

@@ -70,7 +70,8 @@ const EDGE_READ: Ref = ['test/query/edge-filters.test.ts', 'the consumer with a 
 const WHERE_REFUSED: Ref = ['test/alerting/route.test.ts', 'refuses where fields alert_events does not have'];
 const CRON: Ref = ['test/dispatcher/failures.test.ts', 'cron sources fire on schedule and missed ticks fire once'];
 const ALWAYS_ON: Ref = ['test/dispatcher/sources.test.ts', 'an always-on source keeps exactly one live task and is restarted when it ends'];
-const WEBHOOK: Ref = ['test/dispatcher/user-routes.test.ts', 'a webhook source is refused at deploy: this build has no ingress for it'];
+const WEBHOOK: Ref = ['test/dispatcher/webhooks.test.ts', 'a signed delivery creates exactly one task whose trigger carries the body'];
+const WEBHOOK_PATH: Ref = ['test/dispatcher/webhooks.test.ts', 'a webhook_path is unique in the org: another DAG using it is refused at deploy, naming the field'];
 const OPERATORS: Ref = ['test/dag/validate.test.ts', 'operators must exist, allow the runtime and the activation; hidden ones need allowHidden'];
 const CONFIG: Ref = ['test/worker/operators.test.ts', 'range_splitter: deterministic subranges, last one cut at end'];
 const READ_ROLES: Ref = ['test/query/service.test.ts', 'enforces read_roles (empty = any member)'];
@@ -126,9 +127,9 @@ const COVERAGE: Record<string, Entry> = {
     refused: { set: (d) => { d.jobs[1]!.unique_key = ['dedupe_key']; }, path: 'jobs[1].unique_key', message: /upserts its output on \[partition_key\]/ },
   },
   'jobs[].source': { what: 'what starts a source job', covered: [E2E, CRON, ALWAYS_ON] },
-  'jobs[].source.kind': { what: 'manual, cron and always_on run; webhook is refused at deploy', covered: [E2E, CRON, ALWAYS_ON, WEBHOOK] },
+  'jobs[].source.kind': { what: 'manual, cron, always_on and webhook sources run', covered: [E2E, CRON, ALWAYS_ON, WEBHOOK] },
   'jobs[].source.schedule': { what: 'cron ticks', covered: [CRON] },
-  'jobs[].source.webhook_path': { what: 'webhook sources are refused at deploy', covered: [WEBHOOK] },
+  'jobs[].source.webhook_path': { what: 'the delivery path of a signed webhook source, unique in the org', covered: [WEBHOOK, WEBHOOK_PATH] },
   'jobs[].bootstrap': { what: 'only reset_outputs: false (no action) is accepted', covered: [] , refused: { set: (d) => { d.jobs[0]!.bootstrap = { reset_outputs: true }; }, path: 'jobs[0].bootstrap.reset_outputs', message: /not supported/ } },
   'jobs[].bootstrap.reset_outputs': {
     what: 'true is refused (nothing resets outputs); false says what happens',

@@ -90,23 +90,3 @@ test('user and admin routes: authentication, roles, hostile DAG YAML and malform
     await p.close();
   }
 });
-
-test('a webhook source is refused at deploy: this build has no ingress for it', async () => {
-  const p = await startPlatform('pglite', { workers: 0 });
-  try {
-    const r = await p.api('POST', '/v1/dags/hooks/versions', `name: hooks
-jobs:
-  - name: hook
-    activation: source
-    runtime: ecs_platform
-    operator: noop
-    source: { kind: webhook, webhook_path: hooks/feed }
-    outputs: 1
-`);
-    assert.equal(r.status, 422);
-    assert.equal(r.body.problems[0].path, 'jobs[0].source.kind');
-    assert.equal((await p.dbs.state.query<{ n: number }>(`SELECT count(*)::int AS n FROM dag_versions`)).rows[0]!.n, 0);
-  } finally {
-    await p.close();
-  }
-});

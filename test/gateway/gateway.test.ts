@@ -57,12 +57,19 @@ const ALLOWED: Array<[method: string, path: string, upstream: 'dispatcher' | 'qu
   ['POST', '/v1/admin/members', 'dispatcher'],
   ['PUT', '/v1/admin/members/00000000-0000-4000-8000-000000000000', 'dispatcher'],
   ['DELETE', '/v1/admin/members/00000000-0000-4000-8000-000000000000/member', 'dispatcher'],
+  ['GET', '/v1/dags/my_dag/webhooks', 'dispatcher'],
+  ['POST', '/v1/dags/my_dag/webhooks/my_job/rotate', 'dispatcher'],
+];
+
+/** Webhook ingress: no user token (the backend checks the HMAC signature). */
+const WEBHOOK_CASES: Array<[method: string, path: string, upstream: 'dispatcher']> = [
+  ['POST', '/v1/webhooks/hooks/my_feed', 'dispatcher'],
 ];
 
 test('the case list covers every method of every allowlisted pattern, and nothing routes /v1/task or /internal', () => {
   const table = new RouteTable();
   const covered = new Set<string>();
-  for (const [method, path] of ALLOWED) {
+  for (const [method, path] of [...ALLOWED, ...WEBHOOK_CASES]) {
     const matches = table.matchPath(canonicalTarget(path, 4096).segments).filter((m) => (m.rule.methods as readonly string[]).includes(method));
     assert.equal(matches.length, 1, `${method} ${path} matches exactly one rule`);
     covered.add(`${method} ${matches[0]!.rule.pattern}`);
@@ -518,6 +525,39 @@ test('a client that goes away stops the backend call', async () => {
     ac.abort();
     await assert.rejects(pending);
     await closed; // the upstream connection was closed long before the 60 s timeout
+  } finally {
+    await gw.close();
+  }
+});
+
+test('webhook deliveries pass without a user token, with their signature headers, and nothing else of the sender\'s', async () => {
+  const gw = await startTestGateway();
+  try {
+    const body = '{"event":"x"}';
+    const res = await rawRequest(gw.port, 'POST', '/v1/webhooks/hooks/my_feed', {
+      'Content-Type': 'application/json',
+      'X-Trace-Webhook-Id': 'evt_1',
+      'X-Trace-Webhook-Timestamp': '1700000000',
+      'X-Trace-Webhook-Signature': 'v1=abc',
+      Authorization: 'Basic c2VuZGVyOnNlY3JldA==',
+      'X-Trace-Worker-Token': 'stolen-worker-token',
+      'X-Forwarded-For': '10.0.0.1',
+    }, body);
+    assert.equal(res.status, 200);
+    const got = gw.dispatcher.received.at(-1)!;
+    assert.equal(got.url, '/v1/webhooks/hooks/my_feed');
+    assert.equal(got.body, body);
+    assert.equal(got.headers['x-trace-webhook-id'], 'evt_1');
+    assert.equal(got.headers['x-trace-webhook-timestamp'], '1700000000');
+    assert.equal(got.headers['x-trace-webhook-signature'], 'v1=abc');
+    for (const h of ['authorization', 'x-trace-worker-token', 'x-forwarded-for']) assert.equal(got.headers[h], undefined, h);
+    // Only POST, only canonical paths; the webhook headers cross on webhook routes only.
+    assert.equal((await rawRequest(gw.port, 'GET', '/v1/webhooks/hooks/my_feed', {}, '')).status, 405);
+    assert.equal((await rawRequest(gw.port, 'POST', '/v1/webhooks', {}, '')).status, 404);
+    assert.equal((await rawRequest(gw.port, 'POST', '/v1/webhooks/hooks/%2e%2e/x', {}, '')).status, 400);
+    const tok = await token('alice');
+    await rawRequest(gw.port, 'POST', '/v1/alerts', { Authorization: `Bearer ${tok}`, 'Content-Type': 'application/json', 'X-Trace-Webhook-Id': 'evt_2' }, '{}');
+    assert.equal(gw.dispatcher.received.at(-1)!.headers['x-trace-webhook-id'], undefined);
   } finally {
     await gw.close();
   }

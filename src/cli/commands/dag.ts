@@ -84,3 +84,25 @@ export const dagTrigger: Command = {
     out(r, values, () => `${r.created ? 'created' : 'already triggered:'} task ${r.task_id}${r.estimated_tasks !== undefined ? ` (about ${r.estimated_tasks.toLocaleString('en-US')} tasks in all)` : ''}`);
   },
 };
+
+export const dagWebhooks: Command = {
+  name: 'dag webhooks',
+  summary: 'Show the webhook sources of the active DAG version: path, URL (relative to the Gateway) and signing secret (admin). --rotate JOB replaces that source\'s secret; the old one stops working at once.',
+  usage: 'trace dag webhooks NAME [--rotate JOB] [--json]',
+  options: { rotate: { type: 'string' }, json: { type: 'boolean' } },
+  async run({ values, positionals }) {
+    const [name] = positionals;
+    if (!name || positionals.length > 1) throw new UsageError('expected a DAG NAME');
+    type Source = { job: string; webhook_path: string; url: string; secret: string; created_at: string; rotated_at: string | null };
+    const t = await resolveTarget();
+    const table = (rows: Source[]) => renderTable(['job', 'path', 'url', 'secret', 'rotated_at'], rows.map((w) => [w.job, w.webhook_path, w.url, w.secret, w.rotated_at ?? '']));
+    if (values.rotate !== undefined) {
+      const job = String(values.rotate);
+      const r = await api<Source & { dag_name: string }>(t, 'POST', `/v1/dags/${encodeURIComponent(name)}/webhooks/${encodeURIComponent(job)}/rotate`);
+      out(r, values, () => `rotated the secret of ${name}.${job}\n${table([r])}`);
+      return;
+    }
+    const r = await api<{ dag_name: string; webhooks: Source[] }>(t, 'GET', `/v1/dags/${encodeURIComponent(name)}/webhooks`);
+    out(r, values, () => (r.webhooks.length === 0 ? `${name} has no webhook sources` : table(r.webhooks)));
+  },
+};

@@ -585,4 +585,34 @@ CREATE INDEX task_events_unrouted ON task_events (id) WHERE routed AND routed_at
 CREATE INDEX dataset_events_unrouted ON dataset_events (id) WHERE routed AND routed_at IS NULL;
 `,
   },
+  {
+    version: 8,
+    name: 'webhook sources: per-source signing secrets and the event ids each source has accepted',
+    // Owned by src/dispatcher/webhooks.ts. One secret per (org, DAG, job) webhook source, generated
+    // by the platform at deploy and kept across versions (rotation replaces it). A delivery row is
+    // the replay protection: it is inserted in the same transaction as the task it creates, and
+    // a second request with the same event id for the same source conflicts with it.
+    sql: `
+CREATE TABLE webhook_secrets (
+  org_id uuid NOT NULL,
+  dag_name text NOT NULL,
+  job_name text NOT NULL,
+  secret text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  rotated_at timestamptz,
+  PRIMARY KEY (org_id, dag_name, job_name)
+);
+CREATE TABLE webhook_deliveries (
+  org_id uuid NOT NULL,
+  dag_name text NOT NULL,
+  job_name text NOT NULL,
+  event_id text NOT NULL,
+  task_id uuid NOT NULL,
+  received_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (org_id, dag_name, job_name, event_id)
+);
+CREATE INDEX webhook_deliveries_received ON webhook_deliveries (received_at);
+CREATE INDEX jobs_webhook_path ON jobs (org_id, (ltrim(source->>'webhook_path', '/'))) WHERE source->>'kind' = 'webhook';
+`,
+  },
 ];
