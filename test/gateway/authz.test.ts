@@ -72,13 +72,22 @@ const CASES: Record<string, Case> = {
   'POST /v1/admin/members': { path: '/v1/admin/members', body: { user_id: NONE, role: 'member' }, status: 404 },
   'PUT /v1/admin/members/{id}': { path: `/v1/admin/members/${NONE}`, body: { role: 'member' }, status: 404 },
   'DELETE /v1/admin/members/{id}/{role}': { path: `/v1/admin/members/${NONE}/member`, status: 404 },
+  'GET /v1/datasets/{name}/invalidations': { path: '/v1/datasets/no_such_dataset/invalidations', status: 404 },
+  'POST /v1/datasets/{name}/invalidations': { path: '/v1/datasets/no_such_dataset/invalidations', body: {}, status: 400 },
+  'GET /v1/query-results/{id}': { path: `/v1/query-results/${NONE}`, status: 404 },
+  'GET /v1/query-results/{id}/export': { path: `/v1/query-results/${NONE}/export`, status: 404 },
+  'GET /v1/dags/{dag}/webhooks': { path: '/v1/dags/authz/webhooks', status: 404 },
+  'POST /v1/dags/{dag}/webhooks/{job}/rotate': { path: '/v1/dags/authz/webhooks/src/rotate', status: 404 },
+  // Webhook ingress takes no user token: every caller gets the same answer (no such source).
+  'POST /v1/webhooks/{path+}': { path: '/v1/webhooks/no_such_hook', body: {}, status: 404 },
 };
 
 type Who = 'admin' | 'member' | 'demoted' | 'promoted' | 'removed' | 'other_org';
 const PRINCIPALS: Who[] = ['admin', 'member', 'demoted', 'promoted', 'removed', 'other_org'];
 
 /** What `who` must get on `route`: the authorized status, or the refusal code. */
-function expected(who: Who, audience: 'user' | 'admin', c: Case): { status: number; code?: string } {
+function expected(who: Who, audience: 'user' | 'admin' | 'webhook', c: Case): { status: number; code?: string } {
+  if (audience === 'webhook') return { status: c.status };
   if (who === 'removed' || who === 'other_org') return { status: 403, code: 'NOT_A_MEMBER' };
   const isAdmin = who === 'admin' || who === 'promoted';
   if (audience === 'admin' && !isAdmin) return { status: 403, code: 'ADMIN_REQUIRED' };
