@@ -669,7 +669,8 @@ export function buildQueryApp(deps: QueryServiceDeps): FastifyInstance {
         if (body.mode === 'batch') {
           const accepted = await acceptBatch(who, body.sql, relations, planned);
           req.log.info({ event: 'query_accepted', route: '/v1/query', mode: 'batch', query_id: accepted.query_id, ...ctx }, 'batch query accepted');
-          return reply.code(202).send(accepted);
+          // Like an interactive answer, it names the version each relation reads (pinned at acceptance).
+          return reply.code(202).send({ ...accepted, dataset_versions: Object.fromEntries(planned.map((p) => [p.name, p.dataset_version])) });
         }
         const result = await execute(`user:${who.user_id}`, relations, body.sql, body.limit, cfg.userTimeoutMs);
         const durationMs = performance.now() - t0;

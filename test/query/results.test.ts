@@ -129,7 +129,7 @@ for (const backend of BACKENDS) {
       const explicit = await call(base, 'POST', '/v1/query', { dataset: 'numbers', sql: SQL, mode: 'interactive' });
       assert.equal(explicit.status, 200, explicit.text);
       assert.deepEqual(explicit.body, interactive.body);
-      assert.deepEqual(Object.keys(interactive.body).sort(), ['columns', 'rows', 'truncated']);
+      assert.deepEqual(Object.keys(interactive.body).sort(), ['columns', 'dataset_versions', 'rows', 'truncated']);
       assert.equal(interactive.body.rows.length, ROWS);
       assert.equal(interactive.body.truncated, false);
 
@@ -138,6 +138,7 @@ for (const backend of BACKENDS) {
       assert.equal(accepted.body.mode, 'batch');
       assert.match(accepted.body.query_id, /^[0-9a-f-]{36}$/);
       assert.ok(['queued', 'running', 'succeeded'].includes(accepted.body.status));
+      assert.deepEqual(accepted.body.dataset_versions, interactive.body.dataset_versions, 'the batch reads the version the interactive query read');
       assert.equal(accepted.body.output_location, `${store.url(`results/${ORG}/${accepted.body.query_id}`)}/`);
       batchId = accepted.body.query_id;
 
